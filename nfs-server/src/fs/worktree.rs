@@ -1,0 +1,224 @@
+//! The node table of one pinned commit: every directory, file, symlink and
+//! gitlink of its tree, numbered deterministically.
+//!
+//! Nodes are numbered breadth first with each directory's children sorted by
+//! name bytes and numbered consecutively. So a node's number depends only on
+//! the commit, which makes it usable as a fileid and inside file handles that
+//! survive restarts; a directory's children are a contiguous range (READDIR
+//! cookies are positions in it) and LOOKUP is a binary search in that range.
+//! Only trees are decoded to build the table; blobs stay untouched until READ.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gix::ObjectId;
+use gix::objs::tree::EntryKind;
+use thiserror::Error;
+
+/// Index of a node in its worktree; the root is 0.
+pub type NodeIndex = u32;
+
+/// What a tree entry is, as exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Dir,
+    File,
+    Executable,
+    Symlink,
+    /// A submodule commit: shown as an empty directory.
+    Gitlink,
+}
+
+/// One entry of the tree.
+#[derive(Debug)]
+pub struct Node {
+    pub parent: NodeIndex,
+    pub kind: NodeKind,
+    /// Tree id for directories, blob id for files and symlinks, commit id
+    /// for gitlinks.
+    pub oid: ObjectId,
+    name: Range<u32>,
+    children: Range<NodeIndex>,
+    /// Number of children that are directories (for `nlink`).
+    pub subdirs: u32,
+    /// Blob size once known; `u64::MAX` until then.
+    size: AtomicU64,
+}
+
+impl Node {
+    pub fn children(&self) -> Range<NodeIndex> {
+        self.children.clone()
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, NodeKind::Dir | NodeKind::Gitlink)
+    }
+
+    /// The blob size if it was looked up before.
+    pub fn known_size(&self) -> Option<u64> {
+        match self.size.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            size => Some(size),
+        }
+    }
+
+    pub fn remember_size(&self, size: u64) {
+        self.size.store(size, Ordering::Relaxed);
+    }
+}
+
+/// Why a worktree could not be built; returned by [`Worktree::build`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error("cannot read commit {commit}")]
+    Commit {
+        commit: ObjectId,
+        #[source]
+        source: gix::Error,
+    },
+    #[error("cannot read tree {tree}")]
+    Tree {
+        tree: ObjectId,
+        #[source]
+        source: gix::Error,
+    },
+    #[error("tree of {0} has more entries than a worktree can number")]
+    TooManyNodes(ObjectId),
+}
+
+/// The pinned tree of one commit.
+#[derive(Debug)]
+pub struct Worktree {
+    pub commit: ObjectId,
+    /// Committer time, in seconds since the epoch: every node's timestamp.
+    pub time: i64,
+    nodes: Vec<Node>,
+    names: Vec<u8>,
+}
+
+impl Worktree {
+    /// Walks the commit's trees and numbers every entry.
+    pub fn build(repo: &gix::Repository, commit: ObjectId) -> Result<Self, BuildError> {
+        let commit_err = |source| BuildError::Commit { commit, source };
+        let c = repo.find_commit(commit).map_err(commit_err)?;
+        let time = c.time().map_err(commit_err)?.seconds;
+        let root_tree = c.tree_id().map_err(commit_err)?.detach();
+
+        let mut nodes = vec![Node {
+            parent: 0,
+            kind: NodeKind::Dir,
+            oid: root_tree,
+            name: 0..0,
+            children: 0..0,
+            subdirs: 0,
+            size: AtomicU64::new(u64::MAX),
+        }];
+        let mut names = Vec::new();
+        let mut queue = VecDeque::from([0 as NodeIndex]);
+        let mut entries: Vec<(Vec<u8>, NodeKind, ObjectId)> = Vec::new();
+        while let Some(dir) = queue.pop_front() {
+            let tree_id = nodes[dir as usize].oid;
+            let tree = repo.find_tree(tree_id).map_err(|source| BuildError::Tree {
+                tree: tree_id,
+                source,
+            })?;
+            let decoded = tree.decode().map_err(|source| BuildError::Tree {
+                tree: tree_id,
+                source,
+            })?;
+            entries.clear();
+            for entry in &decoded.entries {
+                let name: &[u8] = entry.filename.as_ref();
+                if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+                    tracing::warn!(tree = %tree_id, name = ?entry.filename, "skipping a tree entry with an impossible name");
+                    continue;
+                }
+                let kind = match entry.mode.kind() {
+                    EntryKind::Tree => NodeKind::Dir,
+                    EntryKind::Blob => NodeKind::File,
+                    EntryKind::BlobExecutable => NodeKind::Executable,
+                    EntryKind::Link => NodeKind::Symlink,
+                    EntryKind::Commit => NodeKind::Gitlink,
+                };
+                entries.push((name.to_vec(), kind, entry.oid.to_owned()));
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let first = index_of(nodes.len(), commit)?;
+            let mut subdirs = 0;
+            for (name, kind, oid) in entries.drain(..) {
+                let index = index_of(nodes.len(), commit)?;
+                let start =
+                    u32::try_from(names.len()).map_err(|_| BuildError::TooManyNodes(commit))?;
+                names.extend_from_slice(&name);
+                let end =
+                    u32::try_from(names.len()).map_err(|_| BuildError::TooManyNodes(commit))?;
+                if matches!(kind, NodeKind::Dir | NodeKind::Gitlink) {
+                    subdirs += 1;
+                }
+                if kind == NodeKind::Dir {
+                    queue.push_back(index);
+                }
+                nodes.push(Node {
+                    parent: dir,
+                    kind,
+                    oid,
+                    name: start..end,
+                    children: 0..0,
+                    subdirs: 0,
+                    size: AtomicU64::new(u64::MAX),
+                });
+            }
+            let end = index_of(nodes.len(), commit)?;
+            let node = &mut nodes[dir as usize];
+            node.children = first..end;
+            node.subdirs = subdirs;
+        }
+        nodes.shrink_to_fit();
+        names.shrink_to_fit();
+        Ok(Self {
+            commit,
+            time,
+            nodes,
+            names,
+        })
+    }
+
+    pub fn node(&self, index: NodeIndex) -> Option<&Node> {
+        self.nodes.get(index as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn name(&self, node: &Node) -> &[u8] {
+        &self.names[node.name.start as usize..node.name.end as usize]
+    }
+
+    /// The child of `dir` called `name`.
+    pub fn lookup(&self, dir: &Node, name: &[u8]) -> Option<NodeIndex> {
+        let range = dir.children();
+        let slice = &self.nodes[range.start as usize..range.end as usize];
+        let pos = slice.binary_search_by(|n| self.name(n).cmp(name)).ok()?;
+        Some(range.start + pos as NodeIndex)
+    }
+
+    /// Memory held by the table, for the cache's weigher.
+    pub fn approx_bytes(&self) -> usize {
+        self.nodes.len() * std::mem::size_of::<Node>() + self.names.len()
+    }
+}
+
+fn index_of(len: usize, commit: ObjectId) -> Result<NodeIndex, BuildError> {
+    // Keep fileids (index + 1) below 2^32: git stores inode numbers in 32 bits.
+    NodeIndex::try_from(len)
+        .ok()
+        .filter(|i| *i < NodeIndex::MAX - 1)
+        .ok_or(BuildError::TooManyNodes(commit))
+}

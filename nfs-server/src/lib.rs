@@ -1,0 +1,39 @@
+//! `git-nfsd`: serves the repositories of a store as lazy, read-only
+//! worktrees over NFSv3.
+//!
+//! A MOUNT of `/<repo>@<rev>` pins one commit; the worktree is synthesized
+//! from that commit's trees, and file contents are decoded from packed
+//! objects only when a client READs them. Layers, from the wire inwards:
+//!
+//! - [`rpc`]: record marking, call headers, bounded XDR decoding.
+//! - [`server`]: listener and connections, limits and shutdown.
+//! - [`dispatch`]: the program table; [`nfs3`], [`mount`], [`acl`] and
+//!   [`portmap`] are the programs; [`handle`] and [`status`] convert between
+//!   the wire and the model.
+//! - [`fs`]: the filesystem model (no NFS types), over [`store`] (`gix`,
+//!   caches, read-only).
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use nfs_server::{fs::{Filesystem, Owner}, metrics::Metrics, server::{Limits, Server}, store::Store};
+//! let store = Arc::new(Store::open_dir("/srv/store".as_ref())?);
+//! let metrics = Arc::new(Metrics::new());
+//! let fs = Arc::new(Filesystem::new(store, Owner::default(), 256 << 20, Arc::clone(&metrics)));
+//! let server = Server::bind("127.0.0.1:2049".parse()?, fs, metrics, Limits::default()).await?;
+//! server.run(tokio_util::sync::CancellationToken::new()).await;
+//! # Ok(()) }
+//! ```
+
+pub mod acl;
+pub mod dispatch;
+pub mod fs;
+pub mod handle;
+pub mod metrics;
+pub mod mount;
+pub mod nfs3;
+pub mod portmap;
+pub mod rpc;
+pub mod server;
+pub mod status;
+pub mod store;

@@ -1,0 +1,232 @@
+//! The `git-nfsd` binary: command line, wiring and signals.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use nfs_server::fs::{Filesystem, Owner};
+use nfs_server::metrics::{self, Metrics};
+use nfs_server::server::{Limits, Server};
+use nfs_server::store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Serve git repositories as lazy, read-only NFSv3 worktrees.
+///
+/// Without a subcommand, serves the git repository around the current
+/// directory and prints the mount command to use.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a store of repositories (the default command).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Directory of repositories: bare `NAME.git` and non-bare `NAME/.git`,
+    /// in nested folders too (`org/app.git` exports as `/org/app`). Without
+    /// it, the repository around the current directory is served.
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+
+    /// Address for NFS, MOUNT, NFSACL and portmapper calls (all one TCP port).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:2049")]
+    listen: SocketAddr,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+
+    /// Owner of every exported file; give the agent's uid so it owns its worktree.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    uid: u32,
+
+    /// Group of every exported file.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    gid: u32,
+
+    /// Memory for decoded blobs (3/4) and tree tables (1/4), in bytes.
+    #[arg(long, value_name = "N", default_value_t = 256 << 20)]
+    cache_bytes: u64,
+
+    /// Largest RPC record a client may send, in bytes.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_record_bytes)]
+    max_record_bytes: usize,
+
+    /// Calls of one connection answered at once.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_in_flight)]
+    max_in_flight: usize,
+
+    /// Open client connections allowed at once.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.cache_bytes < 1 << 20 {
+        bail!("--cache-bytes must be at least 1048576 (1 MiB)");
+    }
+    if args.max_in_flight == 0 || args.max_connections == 0 || args.max_record_bytes < 4096 {
+        bail!(
+            "--max-in-flight and --max-connections must be positive, --max-record-bytes at least 4096"
+        );
+    }
+    let store = match &args.store {
+        Some(dir) => {
+            Store::open_dir(dir).with_context(|| format!("opening the store {}", dir.display()))?
+        }
+        None => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            let (name, path) = repository_around(&cwd)?;
+            Store::single(name, path)?
+        }
+    };
+    let store = Arc::new(store);
+    let exports: Vec<String> = store.index().names().map(|n| format!("/{n}")).collect();
+    let metrics = Arc::new(Metrics::new());
+    let fs = Arc::new(Filesystem::new(
+        Arc::clone(&store),
+        Owner {
+            uid: args.uid,
+            gid: args.gid,
+        },
+        args.cache_bytes,
+        Arc::clone(&metrics),
+    ));
+    let limits = Limits {
+        max_record_bytes: args.max_record_bytes,
+        max_in_flight: args.max_in_flight,
+        max_connections: args.max_connections,
+    };
+    let server = Server::bind(args.listen, fs, Arc::clone(&metrics), limits)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = server.local_addr()?;
+    let shutdown = CancellationToken::new();
+
+    if let Some(metrics_addr) = args.metrics {
+        let listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("listening for metrics on {metrics_addr}"))?;
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                metrics::serve(listener, metrics, async move { token.cancelled().await }).await
+            {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+        tracing::info!(%metrics_addr, "metrics at /metrics");
+    }
+
+    print_mount_help(addr, &exports);
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    server.run(shutdown).await;
+    Ok(())
+}
+
+/// The repository containing `dir`, named after its folder.
+fn repository_around(dir: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let repo = gix::discover(dir).with_context(|| {
+        format!(
+            "no git repository at or above {}; give --store DIR to serve a store",
+            dir.display()
+        )
+    })?;
+    let path = repo
+        .workdir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| repo.git_dir().to_path_buf());
+    let folder = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.strip_suffix(".git").unwrap_or(n).to_owned())
+        .filter(|n| !n.is_empty() && !n.contains('@'))
+        .unwrap_or_else(|| "repo".to_owned());
+    Ok((folder, path))
+}
+
+fn print_mount_help(addr: SocketAddr, exports: &[String]) {
+    let host = if addr.ip().is_unspecified() {
+        "SERVER".to_owned()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    let port = addr.port();
+    println!(
+        "git-nfsd listening on {addr}, serving {} repositories",
+        exports.len()
+    );
+    let Some(first) = exports.first() else { return };
+    let leaf = first.rsplit('/').next().unwrap_or("worktree");
+    println!(
+        "Mount a worktree (Linux, as root; add @BRANCH, @TAG or @COMMIT to pin another revision):"
+    );
+    println!("  mkdir -p /mnt/{leaf}");
+    println!(
+        "  mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},nolock,ro,actimeo=3600 {host}:{first} /mnt/{leaf}"
+    );
+    println!(
+        "Or list it with libnfs: nfs-ls 'nfs://{host}{first}?nfsport={port}&mountport={port}&version=3'"
+    );
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,146 @@
+//! One client connection: read records, answer each call on a blocking
+//! thread (at most `max_in_flight` at once), write replies as they finish.
+//!
+//! Invariant: every call that parses gets an answer, or its connection is
+//! closed. Replies may leave out of order; RPC matches them by xid.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use nfs3_types::rpc::auth_stat;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::Limits;
+use crate::dispatch::{Context, route};
+use crate::metrics::Metrics;
+use crate::rpc::record::{RecordError, read_record, reply_buffer, seal_reply};
+use crate::rpc::{CallError, Reply, parse_call};
+
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    ctx.metrics.connections_open.inc();
+    tracing::debug!(%peer, "connection opened");
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(limits.max_in_flight);
+    let writer = tokio::spawn(async move {
+        while let Some(buf) = outgoing.recv().await {
+            if let Err(e) = write_half.write_all(&buf).await {
+                tracing::debug!(error = %e, "writing a reply failed");
+                break;
+            }
+        }
+        let _ = write_half.shutdown().await;
+    });
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+    let reason = loop {
+        let mut record = Vec::new();
+        let read = tokio::select! {
+            () = shutdown.cancelled() => break "shutdown",
+            read = read_record(&mut reader, &mut record, limits.max_record_bytes) => read,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => break "closed",
+            Err(RecordError::Io(e)) if is_disconnect(&e) => break "closed",
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "bad record; closing the connection");
+                break "bad_record";
+            }
+        }
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break "shutdown";
+        };
+        let header = match parse_call(&record) {
+            Ok((header, _)) => header,
+            Err(CallError::Unreadable(len)) => {
+                tracing::warn!(%peer, len, "unreadable RPC message; closing the connection");
+                break "bad_record";
+            }
+            Err(CallError::NotACall { xid, mtype }) => {
+                tracing::debug!(%peer, xid, mtype, "ignoring a message that is not a call");
+                continue;
+            }
+            Err(CallError::RpcMismatch { xid, .. }) => {
+                send(&replies, &ctx.metrics, xid, Reply::RpcMismatch).await;
+                continue;
+            }
+            Err(CallError::BadCredential { xid, source }) => {
+                tracing::debug!(%peer, xid, error = %source, "malformed credential");
+                send(
+                    &replies,
+                    &ctx.metrics,
+                    xid,
+                    Reply::AuthError(auth_stat::AUTH_BADCRED),
+                )
+                .await;
+                continue;
+            }
+        };
+        let procedure = match route(&header) {
+            Ok(p) => p,
+            Err(reply) => {
+                tracing::debug!(%peer, prog = header.prog, vers = header.vers, proc_ = header.proc_, outcome = reply.outcome(), "call not routed");
+                send(&replies, &ctx.metrics, header.xid, reply).await;
+                continue;
+            }
+        };
+        let ctx = Arc::clone(&ctx);
+        let replies = replies.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let xid = header.xid;
+            let task_ctx = Arc::clone(&ctx);
+            let answered = tokio::task::spawn_blocking(move || {
+                // Re-parse inside the task to borrow the arguments from the record.
+                match parse_call(&record) {
+                    Ok((header, args)) => (procedure.handler)(&task_ctx, &header, args),
+                    Err(_) => Reply::GarbageArgs,
+                }
+            })
+            .await;
+            let reply = answered.unwrap_or_else(|e| {
+                tracing::error!(error = %e, procedure = procedure.name, "handler panicked");
+                Reply::SystemErr
+            });
+            ctx.metrics
+                .observe_call(procedure.program, procedure.name, started.elapsed());
+            send(&replies, &ctx.metrics, xid, reply).await;
+            drop(permit);
+        });
+    };
+    drop(replies);
+    // Calls still running hold senders; the writer ends after their replies.
+    let _ = writer.await;
+    ctx.metrics.connections_open.dec();
+    Metrics::count(&ctx.metrics.connections_closed, reason);
+    tracing::debug!(%peer, reason, "connection closed");
+}
+
+async fn send(replies: &mpsc::Sender<Vec<u8>>, metrics: &Metrics, xid: u32, reply: Reply) {
+    if !matches!(reply, Reply::Success(_)) {
+        Metrics::count(&metrics.statuses, reply.outcome());
+    }
+    let mut buf = reply_buffer(match &reply {
+        Reply::Success(body) => body.len() + 24,
+        _ => 32,
+    });
+    reply.encode(xid, &mut buf);
+    seal_reply(&mut buf);
+    // The connection may be gone; its reply has nowhere to go then.
+    let _ = replies.send(buf).await;
+}
+
+fn is_disconnect(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+}

@@ -1,0 +1,102 @@
+//! The TCP listener: accepts connections within limits and stops on
+//! shutdown, draining the connections it started.
+
+mod connection;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Context;
+use crate::fs::Filesystem;
+use crate::metrics::Metrics;
+
+/// Bounds on what one client can make the server hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest RPC record accepted; larger ones close the connection.
+    pub max_record_bytes: usize,
+    /// Calls of one connection being answered at once.
+    pub max_in_flight: usize,
+    /// Open connections; more are closed on accept.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            // A WRITE of wtmax plus headers fits; everything else is far smaller.
+            max_record_bytes: crate::nfs3::MAX_READ as usize + 64 * 1024,
+            max_in_flight: 64,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    limits: Limits,
+}
+
+impl Server {
+    pub async fn bind(
+        addr: SocketAddr,
+        fs: Arc<Filesystem>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let port = listener.local_addr()?.port();
+        Ok(Self {
+            listener,
+            ctx: Arc::new(Context { fs, metrics, port }),
+            limits,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then waits for open connections
+    /// to finish the calls they are answering.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let mut connections = JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::warn!(%peer, limit = self.limits.max_connections, "too many connections; closing");
+                Metrics::count(&self.ctx.metrics.connections_closed, "connection_limit");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let ctx = Arc::clone(&self.ctx);
+            let limits = self.limits;
+            let stop = shutdown.child_token();
+            connections.spawn(async move {
+                connection::serve(stream, peer, ctx, limits, stop).await;
+                drop(slot);
+            });
+        }
+        while connections.join_next().await.is_some() {}
+    }
+}

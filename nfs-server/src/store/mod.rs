@@ -1,0 +1,239 @@
+//! The store of git repositories: discovery on disk, opening with `gix`, and
+//! object access through bounded caches.
+//!
+//! Architecture invariant: nothing here writes to the store. Repositories are
+//! opened isolated from the environment and global git configuration.
+
+mod objects;
+mod scan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+pub use objects::{BlobCache, ObjectError};
+pub use scan::ScanError;
+
+/// Stable identity of a repository: a hash of its export name, the same on
+/// every server that has the repository under that name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoId(pub u64);
+
+impl RepoId {
+    pub fn of_name(name: &str) -> Self {
+        Self(xxhash_rust::xxh3::xxh3_64(name.as_bytes()))
+    }
+}
+
+/// One repository of the store.
+pub struct Repo {
+    pub name: String,
+    pub id: RepoId,
+    pub path: PathBuf,
+    git: gix::ThreadSafeRepository,
+}
+
+impl std::fmt::Debug for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repo")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repo {
+    fn open(name: String, path: PathBuf) -> Result<Self, gix::Error> {
+        let git = gix::open_opts(&path, gix::open::Options::isolated())?.into_sync();
+        Ok(Self {
+            id: RepoId::of_name(&name),
+            name,
+            path,
+            git,
+        })
+    }
+
+    /// A handle on this thread. Cheap; call it on a blocking thread.
+    pub fn local(&self) -> gix::Repository {
+        self.git.to_thread_local()
+    }
+}
+
+/// Why a revision did not resolve to a commit.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    #[error("unknown revision {rev:?} in {repo}")]
+    UnknownRevision {
+        repo: String,
+        rev: String,
+        #[source]
+        source: gix::Error,
+    },
+    #[error("revision {rev:?} in {repo} is not a commit")]
+    NotACommit {
+        repo: String,
+        rev: String,
+        #[source]
+        source: gix::Error,
+    },
+}
+
+impl Repo {
+    /// Resolves `rev` (branch, tag, full or short commit id; `HEAD` when
+    /// `None`) to a commit id. This is the moment an export is pinned.
+    pub fn resolve(&self, rev: Option<&str>) -> Result<gix::ObjectId, ResolveError> {
+        let rev = rev.unwrap_or("HEAD");
+        let repo = self.local();
+        let id = repo
+            .rev_parse_single(rev)
+            .map_err(|source| ResolveError::UnknownRevision {
+                repo: self.name.clone(),
+                rev: rev.to_owned(),
+                source,
+            })?;
+        let commit = id
+            .object()
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|source| ResolveError::NotACommit {
+                repo: self.name.clone(),
+                rev: rev.to_owned(),
+                source,
+            })?;
+        Ok(commit.id)
+    }
+}
+
+/// The repositories found in the store, by name and by id.
+#[derive(Debug, Default)]
+pub struct RepoIndex {
+    by_name: BTreeMap<String, Arc<Repo>>,
+    by_id: HashMap<RepoId, Arc<Repo>>,
+}
+
+impl RepoIndex {
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Repo>> {
+        self.by_name.get(name)
+    }
+    pub fn by_id(&self, id: RepoId) -> Option<&Arc<Repo>> {
+        self.by_id.get(&id)
+    }
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// Where repositories come from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// A directory scanned for `NAME.git` and `NAME/.git`.
+    Directory(PathBuf),
+    /// One repository exported under a fixed name (the no-argument mode).
+    Single { name: String, path: PathBuf },
+}
+
+/// The store: a periodically rescanned index of repositories.
+#[derive(Debug)]
+pub struct Store {
+    source: Source,
+    index: RwLock<Arc<RepoIndex>>,
+    last_scan: Mutex<Instant>,
+}
+
+/// Rescans triggered by unknown names happen at most this often.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Store {
+    /// Opens a store directory; fails when it is missing or holds no repository.
+    pub fn open_dir(root: &Path) -> Result<Self, ScanError> {
+        let source = Source::Directory(root.to_path_buf());
+        let index = scan::scan(root)?;
+        if index.is_empty() {
+            return Err(ScanError::Empty(root.to_path_buf()));
+        }
+        Ok(Self::with_index(source, index))
+    }
+
+    /// A store that serves exactly one repository under `name`.
+    pub fn single(name: String, path: PathBuf) -> Result<Self, ScanError> {
+        let source = Source::Single {
+            name: name.clone(),
+            path: path.clone(),
+        };
+        let index = scan::single(name, path)?;
+        Ok(Self::with_index(source, index))
+    }
+
+    fn with_index(source: Source, index: RepoIndex) -> Self {
+        Self {
+            source,
+            index: RwLock::new(Arc::new(index)),
+            last_scan: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The current index.
+    pub fn index(&self) -> Arc<RepoIndex> {
+        match self.index.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Looks a repository up by name, rescanning the store (rate limited)
+    /// when it is not known yet, so repositories added later are found.
+    pub fn repo_by_name(&self, name: &str) -> Option<Arc<Repo>> {
+        if let Some(repo) = self.index().by_name(name) {
+            return Some(Arc::clone(repo));
+        }
+        self.rescan().by_name(name).cloned()
+    }
+
+    /// Looks a repository up by id, rescanning (rate limited) on a miss.
+    pub fn repo_by_id(&self, id: RepoId) -> Option<Arc<Repo>> {
+        if let Some(repo) = self.index().by_id(id) {
+            return Some(Arc::clone(repo));
+        }
+        self.rescan().by_id(id).cloned()
+    }
+
+    fn rescan(&self) -> Arc<RepoIndex> {
+        {
+            let mut last = match self.last_scan.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if last.elapsed() < RESCAN_INTERVAL {
+                return self.index();
+            }
+            *last = Instant::now();
+        }
+        let scanned = match &self.source {
+            Source::Directory(root) => scan::scan(root),
+            Source::Single { name, path } => scan::single(name.clone(), path.clone()),
+        };
+        match scanned {
+            Ok(index) => {
+                let index = Arc::new(index);
+                match self.index.write() {
+                    Ok(mut g) => *g = Arc::clone(&index),
+                    Err(p) => *p.into_inner() = Arc::clone(&index),
+                }
+                index
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rescanning the store failed; keeping the old index");
+                self.index()
+            }
+        }
+    }
+}
