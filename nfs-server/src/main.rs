@@ -138,6 +138,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(metrics_addr)
             .await
             .with_context(|| format!("listening for metrics on {metrics_addr}"))?;
+        println!("metrics at http://{}/metrics", listener.local_addr()?);
         let token = shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) =
@@ -146,7 +147,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });
-        tracing::info!(%metrics_addr, "metrics at /metrics");
     }
 
     print_mount_help(addr, &exports);

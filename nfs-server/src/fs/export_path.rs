@@ -9,6 +9,10 @@ use thiserror::Error;
 /// Longest accepted export path (MOUNT's MNTPATHLEN).
 pub const MAX_EXPORT_PATH: usize = 1024;
 
+/// Longest revision tried (git's own limit for a ref name component chain
+/// is larger, but no real branch comes near it).
+pub const MAX_REV: usize = 255;
+
 /// A syntactically valid export path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportPath<'a> {
@@ -70,10 +74,11 @@ impl<'a> ExportPath<'a> {
 }
 
 /// Revisions follow `git check-ref-format` closely enough that no rev-parse
-/// operator other than ancestry (`~`, `^`) can sneak in.
+/// operator other than ancestry (`~`, `^`) can sneak in. The text checked
+/// may continue with a folder inside the worktree, so length is checked per
+/// candidate revision by the caller ([`MAX_REV`]).
 fn validate_rev(rev: &str) -> Result<(), ExportPathError> {
     let bad = rev.is_empty()
-        || rev.len() > 255
         || rev.starts_with('-')
         || rev.starts_with('/')
         || rev.ends_with('/')

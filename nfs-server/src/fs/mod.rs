@@ -231,7 +231,11 @@ impl Filesystem {
                 let mut first_error = None;
                 let mut found = None;
                 for k in (1..=parts.len()).rev() {
-                    match repo.resolve(Some(&parts[..k].join("/"))) {
+                    let candidate = parts[..k].join("/");
+                    if candidate.len() > export_path::MAX_REV {
+                        continue;
+                    }
+                    match repo.resolve(Some(&candidate)) {
                         Ok(commit) => {
                             found = Some((commit, parts[k..].to_vec()));
                             break;

@@ -1,0 +1,107 @@
+//! Fixture stores, built once by the shell script in `integration/fixtures`
+//! and cached in the target directory under a hash of the script.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The protocol fixture: `app.git` (packed) and `org/lib.git` (loose).
+pub fn store() -> &'static Path {
+    static STORE: OnceLock<PathBuf> = OnceLock::new();
+    STORE.get_or_init(|| build("make-fixture-store"))
+}
+
+fn script_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn build(script: &str) -> PathBuf {
+    let path = script_path(script);
+    let text = std::fs::read(&path).expect("fixture script");
+    let key = format!("{script}-{:016x}", fnv1a(&text));
+    let root = crate::target_dir().join("lazy-worktree-fixtures");
+    let done = root.join(&key);
+    let store = done.join("store");
+    if store.exists() {
+        return store;
+    }
+    std::fs::create_dir_all(&root).expect("fixture root");
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{key}.tmp"))
+        .tempdir_in(&root)
+        .expect("fixture temp dir");
+    let status = Command::new(&path)
+        .arg(tmp.path().join("store"))
+        .status()
+        .expect("running the fixture script");
+    assert!(status.success(), "{} failed: {status}", path.display());
+    // Another test binary may have finished first; either copy is the same.
+    let tmp = tmp.keep();
+    if std::fs::rename(&tmp, &done).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    assert!(store.exists(), "fixture store missing after build");
+    store
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Output of a git command in `repo`, which must succeed.
+pub fn git(repo: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("running git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// One entry of `git ls-tree -r -t --long -z`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    pub mode: String,
+    pub kind: String,
+    pub oid: String,
+    /// Blob size; None for trees and commits.
+    pub size: Option<u64>,
+    pub path: Vec<u8>,
+}
+
+/// Every entry (trees too) of `rev` in `repo`.
+pub fn ls_tree(repo: &Path, rev: &str) -> Vec<TreeEntry> {
+    let out = git(repo, &["ls-tree", "-r", "-t", "--long", "-z", rev]);
+    out.split(|b| *b == 0)
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let tab = line
+                .iter()
+                .position(|b| *b == b'\t')
+                .expect("tab in ls-tree");
+            let meta = String::from_utf8_lossy(&line[..tab]).into_owned();
+            let mut fields = meta.split_whitespace();
+            let mode = fields.next().expect("mode").to_owned();
+            let kind = fields.next().expect("type").to_owned();
+            let oid = fields.next().expect("oid").to_owned();
+            let size = fields.next().and_then(|s| s.parse().ok());
+            TreeEntry {
+                mode,
+                kind,
+                oid,
+                size,
+                path: line[tab + 1..].to_vec(),
+            }
+        })
+        .collect()
+}

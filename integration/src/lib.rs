@@ -1,0 +1,38 @@
+//! Helpers for the end-to-end tests of git-nfsd: fixture stores built with
+//! real `git`, `git-nfsd` processes on 127.0.0.1, wrappers for libnfs's
+//! command-line client, and a minimal ONC RPC client for protocol checks the
+//! command-line tools cannot make (paging, malformed input, restarts).
+
+pub mod client;
+pub mod fixture;
+pub mod libnfs;
+pub mod server;
+
+use std::path::PathBuf;
+
+/// The cargo target directory the tests were built into.
+pub fn target_dir() -> PathBuf {
+    // Test binaries live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .and_then(|profile| profile.parent())
+        .map(PathBuf::from)
+        .expect("test binary lives in target/<profile>/deps")
+}
+
+/// A binary of this workspace, built by `cargo build --workspace --bins`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        bin.display()
+    );
+    bin
+}

@@ -1,0 +1,112 @@
+//! `git-nfsd` as a child process listening on an ephemeral 127.0.0.1 port.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct GitNfsd {
+    child: Child,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl GitNfsd {
+    /// Starts a server on `store` with ephemeral NFS and metrics ports.
+    pub fn start(store: &Path) -> Self {
+        Self::start_with(store, "127.0.0.1:0", &[])
+    }
+
+    /// Starts a server on `store` listening on `listen`, with extra flags.
+    pub fn start_with(store: &Path, listen: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(crate::workspace_bin("git-nfsd"))
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--metrics",
+                "127.0.0.1:0",
+                "--store",
+            ])
+            .arg(store)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting git-nfsd");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut addr, mut metrics) = (None, None);
+        while addr.is_none() || metrics.is_none() {
+            let line = lines
+                .next()
+                .expect("git-nfsd exited before it was listening")
+                .expect("reading git-nfsd output");
+            if let Some(rest) = line.strip_prefix("git-nfsd listening on ") {
+                addr = rest.split(',').next().and_then(|a| a.parse().ok());
+            } else if let Some(rest) = line.strip_prefix("metrics at http://") {
+                metrics = rest.strip_suffix("/metrics").and_then(|a| a.parse().ok());
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            addr: addr.expect("listen address"),
+            metrics: metrics.expect("metrics address"),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A libnfs URL for `path` (an export path, optionally with a file).
+    pub fn url(&self, path: &str) -> String {
+        let p = self.port();
+        format!("nfs://127.0.0.1{path}?nfsport={p}&mountport={p}&version=3")
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let mut s = TcpStream::connect(self.metrics).expect("metrics connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("metrics request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("metrics response");
+        out
+    }
+
+    /// The value of one metric line (`name{labels}` exactly as exported).
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for GitNfsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
