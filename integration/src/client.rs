@@ -69,6 +69,7 @@ fn auth_sys() -> Vec<u8> {
 impl RpcClient {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).expect("connect to git-nfsd");
+        stream.set_nodelay(true).expect("nodelay");
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("read timeout");

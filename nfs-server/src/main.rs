@@ -190,8 +190,13 @@ fn print_mount_help(addr: SocketAddr, exports: &[String]) {
         addr.ip().to_string()
     };
     let port = addr.port();
+    let noun = if exports.len() == 1 {
+        "repository"
+    } else {
+        "repositories"
+    };
     println!(
-        "git-nfsd listening on {addr}, serving {} repositories",
+        "git-nfsd listening on {addr}, serving {} {noun}",
         exports.len()
     );
     let Some(first) = exports.first() else { return };

@@ -1,0 +1,220 @@
+//! Malformed input: each abuse gets an RPC error or a closed connection, and
+//! a well-behaved client on another connection is served throughout.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use integration::client::{RpcClient, RpcError, pack};
+use integration::fixture;
+use integration::server::GitNfsd;
+use nfs3_types::nfs3::{nfs_fh3, nfsstat3};
+use nfs3_types::xdr_codec::Opaque;
+
+/// The server still mounts and reads for an unrelated client.
+fn assert_healthy(server: &GitNfsd) {
+    let mut c = RpcClient::connect(server.addr);
+    let root = c.mount("/app").expect("mount after abuse");
+    let readme = c.walk(&root, "README.md").expect("lookup after abuse");
+    assert!(
+        c.read_all(&readme, 4096)
+            .expect("read after abuse")
+            .starts_with(b"# Fixture")
+    );
+}
+
+/// True when the server closed the connection (EOF or reset).
+fn closed(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0; 64];
+    matches!(stream.read(&mut buf), Ok(0) | Err(_))
+}
+
+#[test]
+fn oversized_record_header_closes_only_that_connection() {
+    let mut server = GitNfsd::start(fixture::store());
+    let mut abuser = TcpStream::connect(server.addr).expect("connect");
+    // A record mark claiming 2 GiB: refused before anything is allocated.
+    abuser
+        .write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4])
+        .expect("send");
+    assert!(closed(&mut abuser), "connection left open");
+    assert!(server.is_running());
+    assert_healthy(&server);
+    assert!(
+        server.rss_kib() < 512 * 1024,
+        "RSS {} KiB after a 2 GiB header",
+        server.rss_kib()
+    );
+}
+
+#[test]
+fn random_bytes_and_truncated_records_are_survived() {
+    let mut server = GitNfsd::start(fixture::store());
+    // Deterministic pseudo-random garbage in many shapes.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..200 {
+        let mut s = TcpStream::connect(server.addr).expect("connect");
+        let len = (next() % 300) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if round % 2 == 0 && bytes.len() >= 4 {
+            // A plausible mark for a short record, followed by garbage.
+            let mark = 0x8000_0000u32 | (bytes.len() as u32 - 4);
+            bytes[..4].copy_from_slice(&mark.to_be_bytes());
+        }
+        let _ = s.write_all(&bytes);
+        // Half the time hang up mid-record.
+        if round % 3 == 0 {
+            drop(s);
+        } else {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let _ = s.read_to_end(&mut sink);
+        }
+    }
+    assert!(server.is_running());
+    assert_healthy(&server);
+}
+
+#[test]
+fn unknown_program_version_and_procedure_get_rpc_errors() {
+    let server = GitNfsd::start(fixture::store());
+    let mut c = RpcClient::connect(server.addr);
+    assert_eq!(
+        c.call(123_456, 1, 0, &[]),
+        Err(RpcError::Accepted(1)),
+        "PROG_UNAVAIL"
+    );
+    assert_eq!(
+        c.call(100_003, 4, 0, &[]),
+        Err(RpcError::Accepted(2)),
+        "PROG_MISMATCH"
+    );
+    assert_eq!(
+        c.call(100_003, 3, 99, &[]),
+        Err(RpcError::Accepted(3)),
+        "PROC_UNAVAIL"
+    );
+    assert_eq!(
+        c.call(100_005, 3, 17, &[]),
+        Err(RpcError::Accepted(3)),
+        "PROC_UNAVAIL"
+    );
+    // Garbage arguments: truncated, trailing bytes, an oversized handle.
+    assert_eq!(
+        c.call(100_003, 3, 1, &[0, 0]),
+        Err(RpcError::Accepted(4)),
+        "GARBAGE_ARGS"
+    );
+    let mut trailing = pack(&nfs_fh3 {
+        data: Opaque::owned(vec![1; 8]),
+    });
+    trailing.extend_from_slice(&[0; 4]);
+    assert_eq!(
+        c.call(100_003, 3, 1, &trailing),
+        Err(RpcError::Accepted(4)),
+        "trailing bytes"
+    );
+    let mut huge_fh = 65u32.to_be_bytes().to_vec();
+    huge_fh.extend_from_slice(&[0; 68]);
+    assert_eq!(
+        c.call(100_003, 3, 1, &huge_fh),
+        Err(RpcError::Accepted(4)),
+        "65-byte handle"
+    );
+    assert_eq!(
+        c.call(100_003, 3, 6, &[0xff; 4]),
+        Err(RpcError::Accepted(4)),
+        "opaque claiming 4 GiB"
+    );
+
+    // RPC version 3: MSG_DENIED / RPC_MISMATCH.
+    let (_, mut rec) = c.call_record(100_003, 3, 0, &[]);
+    rec[11] = 3;
+    c.send_record(&rec);
+    let (_, res) = RpcClient::parse_reply(&c.read_record().expect("reply"));
+    assert_eq!(res, Err(RpcError::Denied(0)));
+    // A credential claiming 17 groups: MSG_DENIED / AUTH_ERROR.
+    let (_, mut rec) = c.call_record(100_003, 3, 0, &[]);
+    // xid..cred length (8 words), stamp, name length, "test", uid, gid, then the group count.
+    let gids_at = 4 * 8 + 4 * 5;
+    rec[gids_at..gids_at + 4].copy_from_slice(&17u32.to_be_bytes());
+    c.send_record(&rec);
+    let (_, res) = RpcClient::parse_reply(&c.read_record().expect("reply"));
+    assert_eq!(res, Err(RpcError::Denied(1)));
+    // The same connection still works.
+    c.mount("/app").expect("mount on the same connection");
+}
+
+#[test]
+fn bad_and_stale_handles_get_nfs_errors() {
+    let server = GitNfsd::start(fixture::store());
+    let mut c = RpcClient::connect(server.addr);
+    let root = c.mount("/app").expect("mount");
+    let bad = |bytes: Vec<u8>| nfs_fh3 {
+        data: Opaque::owned(bytes),
+    };
+    for fh in [
+        bad(vec![]),
+        bad(vec![9; 10]),
+        bad(vec![1, 7, 0, 0]),
+        bad(vec![1, 2, 0]),
+    ] {
+        assert_eq!(
+            c.getattr(&fh).err(),
+            Some(nfsstat3::NFS3ERR_BADHANDLE),
+            "{:?}",
+            fh.data
+        );
+    }
+    // Well formed but naming an unknown repository, commit or node.
+    let mut unknown_repo = root.data.to_vec();
+    unknown_repo[2] ^= 0xff;
+    let mut unknown_commit = root.data.to_vec();
+    let n = unknown_commit.len();
+    unknown_commit[n - 1] ^= 0xff;
+    let mut past_the_tree = root.data.to_vec();
+    past_the_tree[10..14].copy_from_slice(&u32::MAX.to_be_bytes());
+    for fh in [unknown_repo, unknown_commit, past_the_tree] {
+        assert_eq!(
+            c.getattr(&bad(fh.clone())).err(),
+            Some(nfsstat3::NFS3ERR_STALE),
+            "{fh:?}"
+        );
+    }
+    assert_healthy(&server);
+}
+
+#[test]
+fn many_calls_in_flight_on_one_connection_are_all_answered() {
+    let server = GitNfsd::start(fixture::store());
+    let mut c = RpcClient::connect(server.addr);
+    let root = c.mount("/app").expect("mount");
+    let readme = c.walk(&root, "README.md").expect("readme");
+    // Pipeline 500 GETATTRs without waiting, then collect every reply.
+    let mut xids = std::collections::BTreeSet::new();
+    let mut batch = Vec::new();
+    for _ in 0..500 {
+        let (xid, rec) = c.call_record(100_003, 3, 1, &pack(&readme));
+        xids.insert(xid);
+        batch.extend_from_slice(&(0x8000_0000u32 | rec.len() as u32).to_be_bytes());
+        batch.extend_from_slice(&rec);
+    }
+    c.stream().write_all(&batch).expect("send batch");
+    for _ in 0..500 {
+        let (xid, res) = RpcClient::parse_reply(&c.read_record().expect("reply"));
+        assert!(res.is_ok());
+        assert!(xids.remove(&xid), "unexpected or repeated xid {xid}");
+    }
+    assert!(xids.is_empty());
+}

@@ -1,0 +1,136 @@
+//! The `git-nfsd` command line: help, bad flags, bad stores, and the
+//! no-argument mode that serves the repository around the current directory.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn git_nfsd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_git-nfsd"))
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = git_nfsd().args(["serve", "--help"]).output().expect("run");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--store",
+        "--listen",
+        "--metrics",
+        "--uid",
+        "--gid",
+        "--cache-bytes",
+        "--max-record-bytes",
+        "--max-in-flight",
+        "--max-connections",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let out = git_nfsd()
+        .args(["serve", "--listen", "not-an-address"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+    let out = git_nfsd()
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let out = git_nfsd()
+        .args(["serve", "--cache-bytes", "10", "--store", "."])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cache-bytes"));
+}
+
+#[test]
+fn missing_and_empty_stores_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing");
+    let out = git_nfsd()
+        .arg("serve")
+        .arg("--store")
+        .arg(&missing)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+
+    let out = git_nfsd()
+        .arg("serve")
+        .arg("--store")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds no git repository"), "{err}");
+}
+
+#[test]
+fn without_arguments_it_serves_the_repository_around_the_current_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("my-project");
+    std::fs::create_dir_all(repo.join("sub")).expect("mkdir");
+    let git = |args: &[&str]| {
+        assert!(
+            Command::new("git")
+                .args(args)
+                .current_dir(&repo)
+                .status()
+                .expect("git")
+                .success()
+        );
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("sub/f.txt"), "x").expect("write");
+    git(&["add", "."]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t.invalid",
+        "commit",
+        "-qm",
+        "init",
+    ]);
+
+    // No arguments except a free port, run from a subfolder.
+    let mut child = git_nfsd()
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(repo.join("sub"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        let done = line.contains("nfs-ls");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().ok();
+    child.wait().ok();
+    let text = printed.join("\n");
+    assert!(text.contains("serving 1 repository"), "{text}");
+    assert!(
+        text.contains("mount -t nfs -o vers=3,proto=tcp,port=")
+            && text.contains("127.0.0.1:/my-project /mnt/my-project"),
+        "{text}"
+    );
+
+    // Outside any repository it says how to give a store.
+    let out = git_nfsd().current_dir(dir.path()).output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
+}
