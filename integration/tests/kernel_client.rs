@@ -17,10 +17,16 @@ fn kernel_client_mounts_reads_and_overlays_the_export() {
 
     let tree = ls_tree(&app, "main");
     let mut manifest = String::new();
-    for e in tree.iter().filter(|e| e.kind == "blob" && e.mode != "120000" && !e.path.starts_with(b"many/")) {
+    for e in tree
+        .iter()
+        .filter(|e| e.kind == "blob" && e.mode != "120000" && !e.path.starts_with(b"many/"))
+    {
         let bytes = git(&app, &["cat-file", "blob", &e.oid]);
         let digest = sha256_hex(&bytes);
-        manifest.push_str(&format!("{digest}  ./{}\n", String::from_utf8_lossy(&e.path)));
+        manifest.push_str(&format!(
+            "{digest}  ./{}\n",
+            String::from_utf8_lossy(&e.path)
+        ));
     }
     let many = tree.iter().filter(|e| e.path.starts_with(b"many/")).count();
     let script = format!(
@@ -42,19 +48,45 @@ fn kernel_client_mounts_reads_and_overlays_the_export() {
     let console = String::from_utf8_lossy(&out.stdout);
     println!("{console}");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "guest checks failed (exit {:?})", out.status.code());
+    assert!(
+        out.status.success(),
+        "guest checks failed (exit {:?})",
+        out.status.code()
+    );
     for check in [
-        "mount nfs", "entry count", "20,000-entry folder", "file contents", "symlink target",
-        "executable bit", "30 levels deep", "writes to the export are refused", "owner from --uid",
-        "overlay mount", "root reads through the overlay", "root edits a file", "root creates a file",
-        "root renames a folder", "agent reads", "agent edits a file", "agent creates files",
-        "agent deletes a file", "the lower layer is unchanged", "changes live in the upper",
+        "mount nfs",
+        "entry count",
+        "20,000-entry folder",
+        "file contents",
+        "symlink target",
+        "executable bit",
+        "30 levels deep",
+        "writes to the export are refused",
+        "owner from --uid",
+        "overlay mount",
+        "root reads through the overlay",
+        "root edits a file",
+        "root creates a file",
+        "root renames a folder",
+        "agent reads",
+        "agent edits a file",
+        "agent creates files",
+        "agent deletes a file",
+        "the lower layer is unchanged",
+        "changes live in the upper",
     ] {
-        assert!(console.contains(&format!("PASS: {check}")), "check {check:?} did not pass");
+        assert!(
+            console.contains(&format!("PASS: {check}")),
+            "check {check:?} did not pass"
+        );
     }
     // The overlay asked the server for ACLs and the kernel used READDIRPLUS.
-    assert!(server.metric("gitnfsd_rpc_calls_total{program=\"nfsacl3\",procedure=\"GETACL\"}") > 0.0);
-    assert!(server.metric("gitnfsd_rpc_calls_total{program=\"nfs3\",procedure=\"READDIRPLUS\"}") > 0.0);
+    assert!(
+        server.metric("gitnfsd_rpc_calls_total{program=\"nfsacl3\",procedure=\"GETACL\"}") > 0.0
+    );
+    assert!(
+        server.metric("gitnfsd_rpc_calls_total{program=\"nfs3\",procedure=\"READDIRPLUS\"}") > 0.0
+    );
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
