@@ -21,6 +21,18 @@ fn expected_mode(e: &TreeEntry) -> &'static str {
 fn assert_listing_matches(server: &GitNfsd, export: &str, repo: &Path, rev: &str) {
     let listed = libnfs::ls_tree(|p| server.url(p), export).expect("nfs-ls");
     let mut got: BTreeMap<Vec<u8>, Listed> = BTreeMap::new();
+    // Every export carries a synthesized .git (tested in the git tests).
+    let (dotgit, listed): (Vec<Listed>, Vec<Listed>) = listed
+        .into_iter()
+        .partition(|l| l.path == b".git" || l.path.starts_with(b".git/"));
+    assert!(
+        dotgit.iter().any(|l| l.path == b".git/HEAD"),
+        "{export} has .git/HEAD"
+    );
+    assert!(
+        dotgit.iter().any(|l| l.path == b".git/index"),
+        "{export} has .git/index"
+    );
     for l in listed {
         let path = l.path.clone();
         assert!(
@@ -93,7 +105,7 @@ fn file_bytes_match_git_cat_file() {
         );
     }
     // The 20 MB file was among them, and every byte READ was counted.
-    let read = server.metric("gitnfsd_read_bytes_total");
+    let read = server.metric("gitnfsd_read_bytes_total{name=\"worktree\"}");
     assert!(read >= 20_000_000.0, "READ bytes counted: {read}");
 }
 

@@ -7,8 +7,12 @@
 //!
 //! ```text
 //! namespace: [version=1][kind=1][folder id: 8]
-//! worktree:  [version=1][kind=2][repo id: 8][node: 4][commit id: 20 or 32]
+//! worktree:  [version=1][kind=2][repo id: 8][node: 4][head: 8][commit id: 20 or 32]
 //! ```
+//!
+//! `head` says which branch the export's `.git/HEAD` names (a hash of its
+//! name, 0 for a detached HEAD): two exports of the same commit mounted by
+//! different branches differ only in their `.git`.
 
 use gix::ObjectId;
 use thiserror::Error;
@@ -45,12 +49,14 @@ pub fn encode(id: &NodeId) -> Vec<u8> {
         NodeId::Worktree {
             repo,
             commit,
+            head,
             index,
         } => {
-            let mut out = Vec::with_capacity(14 + commit.as_bytes().len());
+            let mut out = Vec::with_capacity(22 + commit.as_bytes().len());
             out.extend_from_slice(&[VERSION, KIND_WORKTREE]);
             out.extend_from_slice(&repo.0.to_be_bytes());
             out.extend_from_slice(&index.to_be_bytes());
+            out.extend_from_slice(&head.to_be_bytes());
             out.extend_from_slice(commit.as_bytes());
             out
         }
@@ -70,11 +76,12 @@ pub fn decode(bytes: &[u8]) -> Result<NodeId, HandleError> {
             Ok(NodeId::Namespace(u64::from_be_bytes(id)))
         }
         KIND_WORKTREE => {
-            if rest.len() < 12 {
+            if rest.len() < 20 {
                 return Err(length());
             }
             let (repo, rest) = rest.split_at(8);
-            let (index, commit) = rest.split_at(4);
+            let (index, rest) = rest.split_at(4);
+            let (head, commit) = rest.split_at(8);
             let commit = match commit.len() {
                 20 | 32 => ObjectId::try_from(commit).map_err(|_| length())?,
                 _ => return Err(length()),
@@ -82,6 +89,7 @@ pub fn decode(bytes: &[u8]) -> Result<NodeId, HandleError> {
             Ok(NodeId::Worktree {
                 repo: RepoId(u64::from_be_bytes(repo.try_into().map_err(|_| length())?)),
                 index: u32::from_be_bytes(index.try_into().map_err(|_| length())?),
+                head: u64::from_be_bytes(head.try_into().map_err(|_| length())?),
                 commit,
             })
         }
@@ -104,6 +112,7 @@ mod tests {
             NodeId::Worktree {
                 repo: RepoId(42),
                 commit: commit(),
+                head: 0x1234,
                 index: 7,
             },
         ] {
@@ -119,9 +128,12 @@ mod tests {
         let id = NodeId::Worktree {
             repo: RepoId(1),
             commit: commit(),
+            head: 3,
             index: 2,
         };
-        let mut expected = vec![1, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2];
+        let mut expected = vec![
+            1, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3,
+        ];
         expected.extend_from_slice(commit().as_bytes());
         assert_eq!(encode(&id), expected);
     }
@@ -135,9 +147,10 @@ mod tests {
         let mut truncated = encode(&NodeId::Worktree {
             repo: RepoId(1),
             commit: commit(),
+            head: 0,
             index: 2,
         });
         truncated.pop();
-        assert_eq!(decode(&truncated), Err(HandleError::Length(33)));
+        assert_eq!(decode(&truncated), Err(HandleError::Length(41)));
     }
 }

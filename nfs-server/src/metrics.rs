@@ -36,7 +36,10 @@ pub struct Metrics {
     pub latency: HistogramFamily<ProcLabels>,
     /// Answers by NFS/MOUNT status or RPC outcome, one series per branch.
     pub statuses: Family<NameLabel, Counter>,
-    pub read_bytes: Counter,
+    /// Bytes sent by READ, by kind ("worktree" files or "git" files).
+    pub read_bytes: Family<NameLabel, Counter>,
+    /// READ calls by kind ("worktree" or "git").
+    pub reads: Family<NameLabel, Counter>,
     pub blob_bytes_decoded: Counter,
     pub cache: Family<CacheLabels, Counter>,
     pub exports_live: Gauge,
@@ -68,7 +71,8 @@ impl Metrics {
         let calls = Family::<ProcLabels, Counter>::default();
         let latency: HistogramFamily<ProcLabels> = Family::new_with_constructor(latency_histogram);
         let statuses = Family::<NameLabel, Counter>::default();
-        let read_bytes = Counter::default();
+        let read_bytes = Family::<NameLabel, Counter>::default();
+        let reads = Family::<NameLabel, Counter>::default();
         let blob_bytes_decoded = Counter::default();
         let cache = Family::<CacheLabels, Counter>::default();
         let exports_live = Gauge::default();
@@ -90,7 +94,12 @@ impl Metrics {
             "Answers by NFS/MOUNT status or RPC outcome",
             statuses.clone(),
         );
-        registry.register("read_bytes", "File bytes sent by READ", read_bytes.clone());
+        registry.register(
+            "read_bytes",
+            "Bytes sent by READ, by kind: worktree files, git_metadata (.gitignore, .gitmodules, ...) or the synthesized .git (git)",
+            read_bytes.clone(),
+        );
+        registry.register("reads", "READ calls by kind", reads.clone());
         registry.register(
             "blob_decoded_bytes",
             "Blob bytes decoded from the object database",
@@ -119,6 +128,7 @@ impl Metrics {
             latency,
             statuses,
             read_bytes,
+            reads,
             blob_bytes_decoded,
             cache,
             exports_live,

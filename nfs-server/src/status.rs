@@ -34,6 +34,10 @@ pub fn nfs_status(metrics: &Metrics, err: &FsError) -> nfsstat3 {
             tracing::error!(error = %e, "tree load failed");
             (nfsstat3::NFS3ERR_IO, "NFS3ERR_IO")
         }
+        FsError::StoreFile { .. } | FsError::Shared(_) => {
+            tracing::error!(error = %err, "store read failed");
+            (nfsstat3::NFS3ERR_IO, "NFS3ERR_IO")
+        }
     };
     Metrics::count(&metrics.statuses, name);
     status

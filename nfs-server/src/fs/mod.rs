@@ -5,6 +5,7 @@
 //! `status`) converts. Every method may call into `gix` and so must run on a
 //! blocking thread, never on a connection task.
 
+pub mod dotgit;
 pub mod export_path;
 pub mod namespace;
 pub mod worktree;
@@ -16,6 +17,8 @@ use thiserror::Error;
 
 use crate::metrics::Metrics;
 use crate::store::{BlobCache, ObjectError, Repo, RepoId, RepoIndex, ResolveError, Store};
+use dotgit::GitFile;
+use dotgit::content::ExportView;
 pub use export_path::{ExportPath, ExportPathError};
 use namespace::{Namespace, NsEntry, namespace_id};
 pub use worktree::{BuildError, NodeIndex, NodeKind, Worktree};
@@ -30,8 +33,43 @@ pub enum NodeId {
     Worktree {
         repo: RepoId,
         commit: ObjectId,
+        /// Which branch `.git/HEAD` names: a hash of its name, 0 when detached.
+        head: u64,
         index: NodeIndex,
     },
+}
+
+/// The `head` of a [`NodeId`] for a branch name (never 0).
+pub fn head_key(branch: Option<&str>) -> u64 {
+    branch.map_or(0, |b| xxhash_rust::xxh3::xxh3_64(b.as_bytes()).max(1))
+}
+
+/// One mounted export: a repository, a pinned tree, and what its `.git`
+/// says (branch, refs as of the mount). Shared by every node of the export.
+#[derive(Debug)]
+pub struct Export {
+    pub repo: Arc<Repo>,
+    pub tree: Arc<Worktree>,
+    pub head: u64,
+    pub view: ExportView,
+}
+
+impl Export {
+    fn id(&self, index: NodeIndex) -> NodeId {
+        NodeId::Worktree {
+            repo: self.repo.id,
+            commit: self.tree.commit,
+            head: self.head,
+            index,
+        }
+    }
+
+    fn fsid(&self) -> u64 {
+        let mut bytes = self.repo.id.0.to_be_bytes().to_vec();
+        bytes.extend_from_slice(self.tree.commit.as_bytes());
+        bytes.extend_from_slice(&self.head.to_be_bytes());
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
 }
 
 /// A node id resolved to the structures that describe it.
@@ -42,8 +80,7 @@ pub enum Node {
         id: u64,
     },
     Worktree {
-        repo: Arc<Repo>,
-        tree: Arc<Worktree>,
+        export: Arc<Export>,
         index: NodeIndex,
     },
 }
@@ -121,6 +158,15 @@ pub enum FsError {
     Build(#[from] Arc<BuildError>),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    #[error("cannot read the store file {path}")]
+    StoreFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The same failure, reported to several waiting callers.
+    #[error(transparent)]
+    Shared(Arc<FsError>),
 }
 
 /// Why a MOUNT was refused; returned by [`Filesystem::mount`].
@@ -154,11 +200,18 @@ pub struct Owner {
 }
 
 type WorktreeKey = (RepoId, ObjectId);
+type ExportKey = (RepoId, ObjectId, u64);
+
+/// The index is dated this long after the commit, so that no entry (all
+/// dated at the commit) is racily clean and git never re-reads contents.
+const INDEX_LEAD_SECONDS: i64 = 3600;
 
 /// The exported filesystem over a store.
 pub struct Filesystem {
     store: Arc<Store>,
     worktrees: moka::sync::Cache<WorktreeKey, Arc<Worktree>>,
+    exports: moka::sync::Cache<ExportKey, Arc<Export>>,
+    indexes: moka::sync::Cache<WorktreeKey, Arc<[u8]>>,
     blobs: BlobCache,
     owner: Owner,
     metrics: Arc<Metrics>,
@@ -174,21 +227,29 @@ impl std::fmt::Debug for Filesystem {
 }
 
 impl Filesystem {
-    /// `cache_bytes` bounds decoded blobs (three quarters) and worktree
-    /// tables (one quarter).
+    /// `cache_bytes` bounds decoded blobs (half), worktree tables and
+    /// synthesized indexes (a quarter each).
     pub fn new(store: Arc<Store>, owner: Owner, cache_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        let quarter = (cache_bytes / 4).max(1 << 20);
         let live = metrics.exports_live.clone();
         let worktrees = moka::sync::Cache::builder()
-            .max_capacity((cache_bytes / 4).max(1 << 20))
+            .max_capacity(quarter)
             .weigher(|_, t: &Arc<Worktree>| u32::try_from(t.approx_bytes()).unwrap_or(u32::MAX))
             .eviction_listener(move |_, _, _| {
                 live.dec();
             })
             .build();
-        let blobs = BlobCache::new(cache_bytes - cache_bytes / 4, Arc::clone(&metrics));
+        let indexes = moka::sync::Cache::builder()
+            .max_capacity(quarter)
+            .weigher(|_, i: &Arc<[u8]>| u32::try_from(i.len()).unwrap_or(u32::MAX))
+            .build();
+        let exports = moka::sync::Cache::builder().max_capacity(100_000).build();
+        let blobs = BlobCache::new(cache_bytes / 2, Arc::clone(&metrics));
         Self {
             store,
             worktrees,
+            exports,
+            indexes,
             blobs,
             owner,
             metrics,
@@ -209,7 +270,7 @@ impl Filesystem {
     pub fn mount(&self, raw_path: &[u8]) -> Result<NodeId, MountError> {
         let path = ExportPath::parse(raw_path)?;
         let components: Vec<&str> = path.repo.split('/').filter(|c| !c.is_empty()).collect();
-        let (repo, commit, inside) = match path.rev {
+        let (repo, rev, commit, inside) = match path.rev {
             None => {
                 let ns = self.namespace();
                 if let Some((id, _)) = ns.folder_by_path(path.repo) {
@@ -220,7 +281,7 @@ impl Filesystem {
                     .find_map(|k| Some((self.store.repo_by_name(&components[..k].join("/"))?, k)))
                     .ok_or_else(|| MountError::UnknownRepo(path.repo.to_owned()))?;
                 let commit = repo.resolve(None)?;
-                (repo, commit, components[taken..].to_vec())
+                (repo, None, commit, components[taken..].to_vec())
             }
             Some(rev) => {
                 let repo = self
@@ -237,7 +298,7 @@ impl Filesystem {
                     }
                     match repo.resolve(Some(&candidate)) {
                         Ok(commit) => {
-                            found = Some((commit, parts[k..].to_vec()));
+                            found = Some((candidate, commit, parts[k..].to_vec()));
                             break;
                         }
                         Err(e) => {
@@ -246,19 +307,16 @@ impl Filesystem {
                     }
                 }
                 match (found, first_error) {
-                    (Some((commit, inside)), _) => (repo, commit, inside),
+                    (Some((rev, commit, inside)), _) => (repo, Some(rev), commit, inside),
                     (None, Some(e)) => return Err(e.into()),
                     (None, None) => return Err(MountError::UnknownRepo(path.repo.to_owned())),
                 }
             }
         };
+        let branch = repo.branch_named_by(rev.as_deref());
         // Load the tree now, so a broken tree fails the MOUNT, not a later call.
-        let tree = self.worktree(&repo, commit)?;
-        let mut node = Node::Worktree {
-            repo,
-            tree,
-            index: 0,
-        };
+        let export = self.export(&repo, commit, head_key(branch.as_deref()), branch)?;
+        let mut node = Node::Worktree { export, index: 0 };
         for component in inside {
             node = self
                 .lookup(&node, component.as_bytes())
@@ -308,14 +366,56 @@ impl Filesystem {
             return Ok(tree);
         }
         self.metrics.cache_miss("worktree");
-        self.worktrees
-            .try_get_with(key, || {
-                let started = std::time::Instant::now();
-                let tree = Worktree::build(&repo.local(), commit)?;
-                tracing::info!(repo = %repo.name, %commit, nodes = tree.len(), took = ?started.elapsed(), "loaded worktree");
-                self.metrics.exports_live.inc();
-                Ok(Arc::new(tree))
+        self.worktrees.try_get_with(key, || {
+            let started = std::time::Instant::now();
+            let dotgit = dotgit::layout(&repo.objects_dir());
+            let tree = Worktree::build(&repo.local(), commit, Some(dotgit))?;
+            tracing::info!(repo = %repo.name, %commit, nodes = tree.len(), took = ?started.elapsed(), "loaded worktree");
+            self.metrics.exports_live.inc();
+            Ok(Arc::new(tree))
+        })
+    }
+
+    /// The export of `commit` whose HEAD is the branch hashed as `head`.
+    /// `branch` is the name when the caller knows it (at MOUNT); after a
+    /// restart it is found again among the repository's branches. The view
+    /// (refs as of now) is made once and kept while the export is cached.
+    fn export(
+        &self,
+        repo: &Arc<Repo>,
+        commit: ObjectId,
+        head: u64,
+        branch: Option<String>,
+    ) -> Result<Arc<Export>, Arc<BuildError>> {
+        let key = (repo.id, commit, head);
+        if let Some(export) = self.exports.get(&key) {
+            return Ok(export);
+        }
+        let tree = self.worktree(repo, commit)?;
+        let export = self.exports.get_with(key, || {
+            let branch = branch.or_else(|| {
+                (head != 0)
+                    .then(|| {
+                        repo.branches()
+                            .into_iter()
+                            .find(|b| head_key(Some(b)) == head)
+                    })
+                    .flatten()
+            });
+            Arc::new(Export {
+                repo: Arc::clone(repo),
+                tree,
+                head,
+                view: ExportView {
+                    commit,
+                    branch,
+                    refs: repo.refs(),
+                    origin_url: repo.origin_url(),
+                    name: repo.name.clone(),
+                },
             })
+        });
+        Ok(export)
     }
 
     /// Finds the node an id names. Ids of deleted repositories, commits the
@@ -332,47 +432,40 @@ impl Filesystem {
             NodeId::Worktree {
                 repo,
                 commit,
+                head,
                 index,
             } => {
                 let repo = self
                     .store
                     .repo_by_id(repo)
                     .ok_or(FsError::Stale("repository is gone from the store"))?;
-                let tree = match self.worktree(&repo, commit) {
-                    Ok(tree) => tree,
+                let export = match self.export(&repo, commit, head, None) {
+                    Ok(export) => export,
                     Err(e) if matches!(*e, BuildError::Commit { .. }) => {
                         return Err(FsError::Stale("commit is gone from the repository"));
                     }
                     Err(e) => return Err(e.into()),
                 };
-                if tree.node(index).is_none() {
+                if export.tree.node(index).is_none() {
                     return Err(FsError::Stale("node number is past the tree"));
                 }
-                Ok(Node::Worktree { repo, tree, index })
+                Ok(Node::Worktree { export, index })
             }
         }
     }
 
-    /// Resolves `id`, reusing `near`'s repository and tree when it belongs
-    /// to the same commit (the common case in a directory listing).
+    /// Resolves `id`, reusing `near`'s export when it is the same (the
+    /// common case in a directory listing).
     pub fn node_near(&self, near: &Node, id: NodeId) -> Result<Node, FsError> {
-        if let (
-            Node::Worktree { repo, tree, .. },
-            NodeId::Worktree {
-                repo: r,
-                commit,
-                index,
-            },
-        ) = (near, id)
-            && repo.id == r
-            && tree.commit == commit
+        if let Node::Worktree { export, .. } = near
+            && let NodeId::Worktree { index, .. } = id
+            && export.id(index) == id
         {
-            if tree.node(index).is_none() {
+            if export.tree.node(index).is_none() {
                 return Err(FsError::Stale("node number is past the tree"));
             }
             return Ok(Node::Worktree {
-                repo: Arc::clone(repo),
-                tree: Arc::clone(tree),
+                export: Arc::clone(export),
                 index,
             });
         }
@@ -382,7 +475,7 @@ impl Filesystem {
     /// A READDIR cookie verifier: changes only when the listing could.
     pub fn dir_verifier(&self, dir: &Node) -> [u8; 8] {
         let hash = match dir {
-            Node::Worktree { tree, .. } => xxhash_rust::xxh3::xxh3_64(tree.commit.as_bytes()),
+            Node::Worktree { export, .. } => export.fsid(),
             Node::Namespace { ns, id } => {
                 let mut h = xxhash_rust::xxh3::Xxh3::new();
                 if let Some(folder) = ns.folder(*id) {
@@ -401,11 +494,7 @@ impl Filesystem {
     pub fn id_of(node: &Node) -> NodeId {
         match node {
             Node::Namespace { id, .. } => NodeId::Namespace(*id),
-            Node::Worktree { repo, tree, index } => NodeId::Worktree {
-                repo: repo.id,
-                commit: tree.commit,
-                index: *index,
-            },
+            Node::Worktree { export, index } => export.id(*index),
         }
     }
 
@@ -429,15 +518,35 @@ impl Filesystem {
                     time: 0,
                 })
             }
-            Node::Worktree { repo, tree, index } => {
-                let n = tree
+            Node::Worktree { export, index } => {
+                let n = export
+                    .tree
                     .node(*index)
                     .ok_or(FsError::Stale("node number is past the tree"))?;
+                let mut time = export.tree.time;
                 let (file_type, mode, size) = match n.kind {
-                    NodeKind::Dir | NodeKind::Gitlink => (FileType::Directory, 0o755, DIR_SIZE),
-                    NodeKind::File => (FileType::Regular, 0o644, self.blob_size(repo, n)?),
-                    NodeKind::Executable => (FileType::Regular, 0o755, self.blob_size(repo, n)?),
-                    NodeKind::Symlink => (FileType::Symlink, 0o777, self.blob_size(repo, n)?),
+                    NodeKind::Dir | NodeKind::Gitlink | NodeKind::GitDir => {
+                        (FileType::Directory, 0o755, DIR_SIZE)
+                    }
+                    NodeKind::File => (FileType::Regular, 0o644, self.blob_size(&export.repo, n)?),
+                    NodeKind::Executable => {
+                        (FileType::Regular, 0o755, self.blob_size(&export.repo, n)?)
+                    }
+                    NodeKind::Symlink => {
+                        (FileType::Symlink, 0o777, self.blob_size(&export.repo, n)?)
+                    }
+                    NodeKind::GitFile(file) => {
+                        if file == GitFile::Index {
+                            time += INDEX_LEAD_SECONDS;
+                        }
+                        (
+                            FileType::Regular,
+                            0o644,
+                            self.git_file(export, file)?.len() as u64,
+                        )
+                    }
+                    // Git keeps its pack files and objects read-only.
+                    NodeKind::StoreFile => (FileType::Regular, 0o444, n.known_size().unwrap_or(0)),
                 };
                 let nlink = if n.is_dir() {
                     n.subdirs.saturating_add(2)
@@ -452,8 +561,8 @@ impl Filesystem {
                     gid,
                     size,
                     fileid: u64::from(*index) + 1,
-                    fsid: worktree_fsid(repo.id, tree.commit),
-                    time: tree.time,
+                    fsid: export.fsid(),
+                    time,
                 })
             }
         }
@@ -466,6 +575,60 @@ impl Filesystem {
         let size = self.blobs.size(repo, node.oid)?;
         node.remember_size(size);
         Ok(size)
+    }
+
+    /// The bytes of a synthesized `.git` file.
+    fn git_file(&self, export: &Export, file: GitFile) -> Result<Arc<[u8]>, FsError> {
+        if file == GitFile::Index {
+            return self.index(export);
+        }
+        Ok(Arc::from(dotgit::content::render(file, &export.view)))
+    }
+
+    /// The synthesized index of an export's commit, built on first use.
+    fn index(&self, export: &Export) -> Result<Arc<[u8]>, FsError> {
+        let key = (export.repo.id, export.tree.commit);
+        if let Some(index) = self.indexes.get(&key) {
+            self.metrics.cache_hit("index");
+            return Ok(index);
+        }
+        self.metrics.cache_miss("index");
+        self.indexes.try_get_with(key, || {
+            let started = std::time::Instant::now();
+            let tree = &export.tree;
+            let mut entries = Vec::new();
+            for (path, index) in tree.tracked() {
+                let Some(n) = tree.node(index) else { continue };
+                let (mode, size) = match n.kind {
+                    NodeKind::File => (0o100_644, self.blob_size(&export.repo, n)?),
+                    NodeKind::Executable => (0o100_755, self.blob_size(&export.repo, n)?),
+                    NodeKind::Symlink => (0o120_000, self.blob_size(&export.repo, n)?),
+                    _ => (0o160_000, 0),
+                };
+                entries.push(dotgit::index::IndexEntry {
+                    path,
+                    mode,
+                    oid: n.oid,
+                    size,
+                    ino: u64::from(index) + 1,
+                });
+            }
+            let count = entries.len();
+            let bytes = dotgit::index::write(
+                entries,
+                dotgit::index::Stat {
+                    time: u32::try_from(tree.time.max(0)).unwrap_or(u32::MAX),
+                    uid: self.owner.uid,
+                    gid: self.owner.gid,
+                },
+            );
+            tracing::info!(repo = %export.repo.name, commit = %tree.commit, entries = count, bytes = bytes.len(), took = ?started.elapsed(), "built index");
+            Ok::<_, FsError>(Arc::from(bytes))
+        })
+        .map_err(|e: Arc<FsError>| match Arc::try_unwrap(e) {
+            Ok(e) => e,
+            Err(shared) => FsError::Shared(shared),
+        })
     }
 
     /// The child of `dir` named `name` (also `.` and `..`).
@@ -500,15 +663,15 @@ impl Filesystem {
                             .repo_by_name(repo_name)
                             .ok_or(FsError::NotFound)?;
                         let commit = repo.resolve(None)?;
-                        self.node(NodeId::Worktree {
-                            repo: repo.id,
-                            commit,
-                            index: 0,
-                        })
+                        let branch = repo.branch_named_by(None);
+                        let export =
+                            self.export(&repo, commit, head_key(branch.as_deref()), branch)?;
+                        Ok(Node::Worktree { export, index: 0 })
                     }
                 }
             }
-            Node::Worktree { repo, tree, index } => {
+            Node::Worktree { export, index } => {
+                let tree = &export.tree;
                 let d = tree
                     .node(*index)
                     .ok_or(FsError::Stale("node number is past the tree"))?;
@@ -521,8 +684,7 @@ impl Filesystem {
                     _ => tree.lookup(d, name).ok_or(FsError::NotFound)?,
                 };
                 Ok(Node::Worktree {
-                    repo: Arc::clone(repo),
-                    tree: Arc::clone(tree),
+                    export: Arc::clone(export),
                     index: child,
                 })
             }
@@ -532,42 +694,92 @@ impl Filesystem {
     /// Up to `count` bytes of a regular file from `offset`, and whether they
     /// reach its end.
     pub fn read(&self, node: &Node, offset: u64, count: u32) -> Result<ReadChunk, FsError> {
-        let (repo, n) = self.blob_node(node)?;
-        match n.kind {
-            NodeKind::File | NodeKind::Executable => {}
-            NodeKind::Dir | NodeKind::Gitlink => return Err(FsError::IsDir),
+        let (export, n) = self.worktree_node(node)?;
+        let bytes: Arc<[u8]> = match n.kind {
+            NodeKind::File | NodeKind::Executable => {
+                let blob = self.blobs.get(&export.repo, n.oid)?;
+                n.remember_size(blob.len() as u64);
+                blob
+            }
+            NodeKind::GitFile(file) => self.git_file(export, file)?,
+            NodeKind::StoreFile => return self.read_store_file(export, n, offset, count),
+            NodeKind::Dir | NodeKind::Gitlink | NodeKind::GitDir => return Err(FsError::IsDir),
             NodeKind::Symlink => return Err(FsError::NotSymlink),
-        }
-        let blob = self.blobs.get(repo, n.oid)?;
-        n.remember_size(blob.len() as u64);
-        let len = blob.len();
+        };
+        let len = bytes.len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(count as usize).min(len);
-        self.metrics.read_bytes.inc_by((end - start) as u64);
+        self.count_read(read_kind(&export.tree, n), end - start);
         Ok(ReadChunk {
-            blob,
+            blob: bytes,
             range: start..end,
             eof: end == len,
         })
     }
 
+    fn count_read(&self, kind: &'static str, bytes: usize) {
+        let label = crate::metrics::NameLabel { name: kind };
+        self.metrics
+            .read_bytes
+            .get_or_create(&label)
+            .inc_by(bytes as u64);
+        Metrics::count(&self.metrics.reads, kind);
+    }
+
+    /// A store file (pack, index, loose object) read at `offset`: only the
+    /// pages asked for are read from disk.
+    fn read_store_file(
+        &self,
+        export: &Export,
+        n: &worktree::Node,
+        offset: u64,
+        count: u32,
+    ) -> Result<ReadChunk, FsError> {
+        use std::os::unix::fs::FileExt;
+        let rel = export
+            .tree
+            .store_path(n)
+            .ok_or(FsError::Stale("not a store file"))?;
+        let path = export.repo.objects_dir().join(rel);
+        let size = n.known_size().unwrap_or(0);
+        let start = offset.min(size);
+        let want = (count as u64).min(size - start) as usize;
+        let io = |source| FsError::StoreFile {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&path).map_err(io)?;
+        let mut buf = vec![0u8; want];
+        file.read_exact_at(&mut buf, start).map_err(io)?;
+        self.count_read("git", want);
+        Ok(ReadChunk {
+            blob: Arc::from(buf),
+            range: 0..want,
+            eof: start + want as u64 >= size,
+        })
+    }
+
     /// The target of a symbolic link.
     pub fn readlink(&self, node: &Node) -> Result<Arc<[u8]>, FsError> {
-        let (repo, n) = self.blob_node(node)?;
+        let (export, n) = self.worktree_node(node)?;
         if n.kind != NodeKind::Symlink {
             return Err(FsError::NotSymlink);
         }
-        Ok(self.blobs.get(repo, n.oid)?)
+        Ok(self.blobs.get(&export.repo, n.oid)?)
     }
 
-    fn blob_node<'a>(&self, node: &'a Node) -> Result<(&'a Repo, &'a worktree::Node), FsError> {
+    fn worktree_node<'a>(
+        &self,
+        node: &'a Node,
+    ) -> Result<(&'a Export, &'a worktree::Node), FsError> {
         match node {
             Node::Namespace { .. } => Err(FsError::IsDir),
-            Node::Worktree { repo, tree, index } => {
-                let n = tree
+            Node::Worktree { export, index } => {
+                let n = export
+                    .tree
                     .node(*index)
                     .ok_or(FsError::Stale("node number is past the tree"))?;
-                Ok((repo, n))
+                Ok((export, n))
             }
         }
     }
@@ -627,7 +839,8 @@ impl Filesystem {
                 }
                 Ok(true)
             }
-            Node::Worktree { repo, tree, index } => {
+            Node::Worktree { export, index } => {
+                let tree = &export.tree;
                 let d = tree
                     .node(*index)
                     .ok_or(FsError::Stale("node number is past the tree"))?;
@@ -639,15 +852,10 @@ impl Filesystem {
                 if cookie > total {
                     return Err(FsError::BadCookie(cookie));
                 }
-                let id = |index| NodeId::Worktree {
-                    repo: repo.id,
-                    commit: tree.commit,
-                    index,
-                };
                 for pos in cookie..total {
                     let entry = match pos {
-                        0 => dot(1, b".", id(*index), u64::from(*index) + 1),
-                        1 => dot(2, b"..", id(d.parent), u64::from(d.parent) + 1),
+                        0 => dot(1, b".", export.id(*index), u64::from(*index) + 1),
+                        1 => dot(2, b"..", export.id(d.parent), u64::from(d.parent) + 1),
                         _ => {
                             // pos < total, so the child index fits in u32.
                             let child = children.start + (pos - 2) as NodeIndex;
@@ -658,7 +866,7 @@ impl Filesystem {
                                 cookie: pos + 1,
                                 name: tree.name(n).to_vec(),
                                 fileid: u64::from(child) + 1,
-                                id: Some(id(child)),
+                                id: Some(export.id(child)),
                             }
                         }
                     };
@@ -675,7 +883,7 @@ impl Filesystem {
     pub fn totals(&self, node: &Node) -> (u64, u64) {
         match node {
             Node::Namespace { .. } => (0, self.store.index().len() as u64),
-            Node::Worktree { tree, .. } => (0, tree.len() as u64),
+            Node::Worktree { export, .. } => (0, export.tree.len() as u64),
         }
     }
 
@@ -684,13 +892,27 @@ impl Filesystem {
     }
 }
 
+/// What a READ is counted as: the synthesized `.git` ("git"), the files of
+/// the tree that configure git itself ("git_metadata": git reads
+/// `.gitmodules`, `.gitignore` and `.gitattributes` by design), or the
+/// worktree's contents ("worktree").
+fn read_kind(tree: &Worktree, node: &worktree::Node) -> &'static str {
+    const GIT_METADATA: [&[u8]; 4] = [
+        b".gitmodules",
+        b".gitignore",
+        b".gitattributes",
+        b".mailmap",
+    ];
+    if node.kind.in_dotgit() {
+        "git"
+    } else if GIT_METADATA.contains(&tree.name(node)) {
+        "git_metadata"
+    } else {
+        "worktree"
+    }
+}
+
 fn namespace_fileid(id: u64) -> u64 {
     // Below 2^32 like worktree fileids, and never 0.
     (id >> 32).max(1)
-}
-
-fn worktree_fsid(repo: RepoId, commit: ObjectId) -> u64 {
-    let mut bytes = repo.0.to_be_bytes().to_vec();
-    bytes.extend_from_slice(commit.as_bytes());
-    xxhash_rust::xxh3::xxh3_64(&bytes)
 }

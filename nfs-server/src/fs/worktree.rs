@@ -7,6 +7,8 @@
 //! survive restarts; a directory's children are a contiguous range (READDIR
 //! cookies are positions in it) and LOOKUP is a binary search in that range.
 //! Only trees are decoded to build the table; blobs stay untouched until READ.
+//! The synthesized `.git` folder ([`super::dotgit`]) is numbered the same
+//! way, as a child of the root.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -15,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gix::ObjectId;
 use gix::objs::tree::EntryKind;
 use thiserror::Error;
+
+use super::dotgit::{self, GitFile};
 
 /// Index of a node in its worktree; the root is 0.
 pub type NodeIndex = u32;
@@ -28,6 +32,19 @@ pub enum NodeKind {
     Symlink,
     /// A submodule commit: shown as an empty directory.
     Gitlink,
+    /// A folder of the synthesized `.git`.
+    GitDir,
+    /// A synthesized file of `.git` whose bytes depend on the export.
+    GitFile(GitFile),
+    /// A file of the store's `objects/` folder, served byte for byte.
+    StoreFile,
+}
+
+impl NodeKind {
+    /// Whether the node is part of the synthesized `.git`.
+    pub fn in_dotgit(self) -> bool {
+        matches!(self, Self::GitDir | Self::GitFile(_) | Self::StoreFile)
+    }
 }
 
 /// One entry of the tree.
@@ -52,7 +69,10 @@ impl Node {
     }
 
     pub fn is_dir(&self) -> bool {
-        matches!(self.kind, NodeKind::Dir | NodeKind::Gitlink)
+        matches!(
+            self.kind,
+            NodeKind::Dir | NodeKind::Gitlink | NodeKind::GitDir
+        )
     }
 
     /// The blob size if it was looked up before.
@@ -99,8 +119,13 @@ pub struct Worktree {
 }
 
 impl Worktree {
-    /// Walks the commit's trees and numbers every entry.
-    pub fn build(repo: &gix::Repository, commit: ObjectId) -> Result<Self, BuildError> {
+    /// Walks the commit's trees and numbers every entry, with `dotgit` (the
+    /// synthesized `.git` folder) as a child of the root.
+    pub fn build(
+        repo: &gix::Repository,
+        commit: ObjectId,
+        dotgit: Option<dotgit::Entry>,
+    ) -> Result<Self, BuildError> {
         let commit_err = |source| BuildError::Commit { commit, source };
         let c = repo.find_commit(commit).map_err(commit_err)?;
         let time = c.time().map_err(commit_err)?.seconds;
@@ -116,58 +141,53 @@ impl Worktree {
             size: AtomicU64::new(u64::MAX),
         }];
         let mut names = Vec::new();
-        let mut queue = VecDeque::from([0 as NodeIndex]);
-        let mut entries: Vec<(Vec<u8>, NodeKind, ObjectId)> = Vec::new();
-        while let Some(dir) = queue.pop_front() {
-            let tree_id = nodes[dir as usize].oid;
-            let tree = repo.find_tree(tree_id).map_err(|source| BuildError::Tree {
-                tree: tree_id,
-                source,
-            })?;
-            let decoded = tree.decode().map_err(|source| BuildError::Tree {
-                tree: tree_id,
-                source,
-            })?;
+        let mut queue = VecDeque::from([(0 as NodeIndex, Source::Tree(root_tree, dotgit))]);
+        let mut entries: Vec<Child> = Vec::new();
+        while let Some((dir, source)) = queue.pop_front() {
             entries.clear();
-            for entry in &decoded.entries {
-                let name: &[u8] = entry.filename.as_ref();
-                if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
-                    tracing::warn!(tree = %tree_id, name = ?entry.filename, "skipping a tree entry with an impossible name");
-                    continue;
+            match source {
+                Source::Tree(tree_id, dotgit) => {
+                    tree_entries(repo, tree_id, &mut entries)?;
+                    if let Some(dotgit) = dotgit {
+                        entries.retain(|c| c.name != dotgit.name);
+                        entries.push(Child::synthetic(dotgit));
+                    }
                 }
-                let kind = match entry.mode.kind() {
-                    EntryKind::Tree => NodeKind::Dir,
-                    EntryKind::Blob => NodeKind::File,
-                    EntryKind::BlobExecutable => NodeKind::Executable,
-                    EntryKind::Link => NodeKind::Symlink,
-                    EntryKind::Commit => NodeKind::Gitlink,
-                };
-                entries.push((name.to_vec(), kind, entry.oid.to_owned()));
+                Source::Synthetic(children) => {
+                    entries.extend(children.into_iter().map(Child::synthetic));
+                }
             }
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
             let first = index_of(nodes.len(), commit)?;
             let mut subdirs = 0;
-            for (name, kind, oid) in entries.drain(..) {
+            for child in entries.drain(..) {
                 let index = index_of(nodes.len(), commit)?;
                 let start =
                     u32::try_from(names.len()).map_err(|_| BuildError::TooManyNodes(commit))?;
-                names.extend_from_slice(&name);
+                names.extend_from_slice(&child.name);
                 let end =
                     u32::try_from(names.len()).map_err(|_| BuildError::TooManyNodes(commit))?;
-                if matches!(kind, NodeKind::Dir | NodeKind::Gitlink) {
+                if matches!(
+                    child.kind,
+                    NodeKind::Dir | NodeKind::Gitlink | NodeKind::GitDir
+                ) {
                     subdirs += 1;
                 }
-                if kind == NodeKind::Dir {
-                    queue.push_back(index);
+                match child.next {
+                    Some(Next::Tree) => queue.push_back((index, Source::Tree(child.oid, None))),
+                    Some(Next::Synthetic(children)) => {
+                        queue.push_back((index, Source::Synthetic(children)))
+                    }
+                    None => {}
                 }
                 nodes.push(Node {
                     parent: dir,
-                    kind,
-                    oid,
+                    kind: child.kind,
+                    oid: child.oid,
                     name: start..end,
                     children: 0..0,
                     subdirs: 0,
-                    size: AtomicU64::new(u64::MAX),
+                    size: AtomicU64::new(child.size.unwrap_or(u64::MAX)),
                 });
             }
             let end = index_of(nodes.len(), commit)?;
@@ -183,6 +203,54 @@ impl Worktree {
             nodes,
             names,
         })
+    }
+
+    /// Every file, symlink and gitlink of the commit's tree (not `.git`),
+    /// with its full path, in node order.
+    pub fn tracked(&self) -> Vec<(Vec<u8>, NodeIndex)> {
+        let mut paths: Vec<Vec<u8>> = Vec::with_capacity(self.nodes.len());
+        let mut out = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            // Parents come before children in breadth-first order.
+            let path = if i == 0 {
+                Vec::new()
+            } else {
+                let parent = &paths[node.parent as usize];
+                let mut p = Vec::with_capacity(parent.len() + 1 + self.name(node).len());
+                if !parent.is_empty() {
+                    p.extend_from_slice(parent);
+                    p.push(b'/');
+                }
+                p.extend_from_slice(self.name(node));
+                p
+            };
+            let tracked = matches!(
+                node.kind,
+                NodeKind::File | NodeKind::Executable | NodeKind::Symlink | NodeKind::Gitlink
+            );
+            if tracked {
+                out.push((path.clone(), i as NodeIndex));
+            }
+            paths.push(if node.kind.in_dotgit() {
+                Vec::new()
+            } else {
+                path
+            });
+        }
+        out
+    }
+
+    /// Where a [`NodeKind::StoreFile`] lives, relative to the store's
+    /// `objects/` folder (`pack/NAME` or `xx/yyyy...`).
+    pub fn store_path(&self, node: &Node) -> Option<std::path::PathBuf> {
+        if node.kind != NodeKind::StoreFile {
+            return None;
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let parent = self.node(node.parent)?;
+        let mut path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(self.name(parent)));
+        path.push(std::ffi::OsStr::from_bytes(self.name(node)));
+        Some(path)
     }
 
     pub fn node(&self, index: NodeIndex) -> Option<&Node> {
@@ -221,4 +289,82 @@ fn index_of(len: usize, commit: ObjectId) -> Result<NodeIndex, BuildError> {
         .ok()
         .filter(|i| *i < NodeIndex::MAX - 1)
         .ok_or(BuildError::TooManyNodes(commit))
+}
+
+/// Where a directory's children come from.
+enum Source {
+    /// A git tree; the root also gets the synthesized `.git`.
+    Tree(ObjectId, Option<dotgit::Entry>),
+    Synthetic(Vec<dotgit::Entry>),
+}
+
+enum Next {
+    Tree,
+    Synthetic(Vec<dotgit::Entry>),
+}
+
+/// A child about to be numbered.
+struct Child {
+    name: Vec<u8>,
+    kind: NodeKind,
+    oid: ObjectId,
+    size: Option<u64>,
+    next: Option<Next>,
+}
+
+impl Child {
+    fn synthetic(entry: dotgit::Entry) -> Self {
+        let null = ObjectId::null(gix::hash::Kind::Sha1);
+        let (kind, size, next) = match entry.kind {
+            dotgit::EntryKind::Dir(children) => {
+                (NodeKind::GitDir, None, Some(Next::Synthetic(children)))
+            }
+            dotgit::EntryKind::File(f) => (NodeKind::GitFile(f), None, None),
+            dotgit::EntryKind::StoreFile { size } => (NodeKind::StoreFile, Some(size), None),
+        };
+        Self {
+            name: entry.name,
+            kind,
+            oid: null,
+            size,
+            next,
+        }
+    }
+}
+
+fn tree_entries(
+    repo: &gix::Repository,
+    tree_id: ObjectId,
+    out: &mut Vec<Child>,
+) -> Result<(), BuildError> {
+    let tree = repo.find_tree(tree_id).map_err(|source| BuildError::Tree {
+        tree: tree_id,
+        source,
+    })?;
+    let decoded = tree.decode().map_err(|source| BuildError::Tree {
+        tree: tree_id,
+        source,
+    })?;
+    for entry in &decoded.entries {
+        let name: &[u8] = entry.filename.as_ref();
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            tracing::warn!(tree = %tree_id, name = ?entry.filename, "skipping a tree entry with an impossible name");
+            continue;
+        }
+        let (kind, next) = match entry.mode.kind() {
+            EntryKind::Tree => (NodeKind::Dir, Some(Next::Tree)),
+            EntryKind::Blob => (NodeKind::File, None),
+            EntryKind::BlobExecutable => (NodeKind::Executable, None),
+            EntryKind::Link => (NodeKind::Symlink, None),
+            EntryKind::Commit => (NodeKind::Gitlink, None),
+        };
+        out.push(Child {
+            name: name.to_vec(),
+            kind,
+            oid: entry.oid.to_owned(),
+            size: None,
+            next,
+        });
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+pub use crate::fs::dotgit::content::RefEntry;
 pub use objects::{BlobCache, ObjectError};
 pub use scan::ScanError;
 
@@ -104,6 +105,75 @@ impl Repo {
                 source,
             })?;
         Ok(commit.id)
+    }
+}
+
+impl Repo {
+    /// The branch `rev` names, if it names one (`main`, `feature/x`); for
+    /// `None` (HEAD), the branch HEAD points at.
+    pub fn branch_named_by(&self, rev: Option<&str>) -> Option<String> {
+        let repo = self.local();
+        match rev {
+            None => {
+                let name = repo.head_name().ok()??;
+                name.as_bstr()
+                    .to_string()
+                    .strip_prefix("refs/heads/")
+                    .map(str::to_owned)
+            }
+            Some(rev) => {
+                let full = format!("refs/heads/{rev}");
+                repo.try_find_reference(full.as_str())
+                    .ok()?
+                    .map(|_| rev.to_owned())
+            }
+        }
+    }
+
+    /// The local branches' short names.
+    pub fn branches(&self) -> Vec<String> {
+        self.refs()
+            .into_iter()
+            .filter_map(|r| r.name.strip_prefix("refs/heads/").map(str::to_owned))
+            .collect()
+    }
+
+    /// Branches and tags as they are now, tags peeled to what they tag.
+    pub fn refs(&self) -> Vec<RefEntry> {
+        let repo = self.local();
+        let Ok(platform) = repo.references() else {
+            return Vec::new();
+        };
+        let Ok(all) = platform.all() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for r in all.flatten() {
+            let mut r = r;
+            let name = r.name().as_bstr().to_string();
+            if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
+                continue;
+            }
+            let gix::refs::TargetRef::Object(id) = r.target() else {
+                continue;
+            };
+            let id = id.to_owned();
+            let peeled = r.peel_to_id().ok().map(|p| p.detach()).filter(|p| *p != id);
+            out.push(RefEntry { name, id, peeled });
+        }
+        out
+    }
+
+    /// `remote.origin.url` of the store's repository.
+    pub fn origin_url(&self) -> Option<String> {
+        let repo = self.local();
+        let url = repo.config_snapshot().string("remote.origin.url")?;
+        Some(url.to_string())
+    }
+
+    /// The store's `objects/` folder.
+    pub fn objects_dir(&self) -> PathBuf {
+        self.git.objects_dir().to_path_buf()
     }
 }
 
