@@ -2,6 +2,13 @@
 //! symlink and gitlink of the tree, sorted by path bytes, with the stat data
 //! GETATTR reports, so that `git status` finds every entry clean without
 //! reading file contents.
+//!
+//! It carries the fsmonitor extension (`FSMN`, version 2) with an empty
+//! dirty bitmap: every entry is valid as of [`FSMONITOR_TOKEN`]. With
+//! `core.fsmonitor` set to `overlay-scripts/worktree-fsmonitor`, which
+//! reports the overlay's upper layer (the only paths that can differ from
+//! this index), even the first `git status` stats only the changed paths.
+//! Without `core.fsmonitor`, git drops the extension.
 
 use gix::ObjectId;
 
@@ -26,7 +33,12 @@ pub struct Stat {
     pub gid: u32,
 }
 
-/// Serializes an index of `entries` (sorted here) with a SHA-1 trailer.
+/// The fsmonitor token of a fresh index; the hook ignores it, since the
+/// upper layer holds everything that changed since the index was made.
+pub const FSMONITOR_TOKEN: &str = "git-nfsd:lower";
+
+/// Serializes an index of `entries` (sorted here), with the fsmonitor
+/// extension and a SHA-1 trailer.
 pub fn write(mut entries: Vec<IndexEntry>, stat: Stat) -> Vec<u8> {
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     let mut out = Vec::with_capacity(12 + entries.len() * 96 + 20);
@@ -64,6 +76,7 @@ pub fn write(mut entries: Vec<IndexEntry>, stat: Stat) -> Vec<u8> {
         let padded = (len + 8) & !7;
         out.resize(start + padded, 0);
     }
+    fsmonitor_extension(&mut out);
     let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
     hasher.update(&out);
     match hasher.try_finalize() {
@@ -71,6 +84,25 @@ pub fn write(mut entries: Vec<IndexEntry>, stat: Stat) -> Vec<u8> {
         Err(e) => tracing::error!(error = %e, "hashing the index failed"),
     }
     out
+}
+
+/// `FSMN`: version 2, the token, and an empty EWAH bitmap of dirty entries
+/// (32-bit bit count 0, one 64-bit run-length word 0, its position 0).
+fn fsmonitor_extension(out: &mut Vec<u8>) {
+    let mut data = Vec::new();
+    data.extend_from_slice(&2u32.to_be_bytes());
+    data.extend_from_slice(FSMONITOR_TOKEN.as_bytes());
+    data.push(0);
+    let mut ewah = Vec::new();
+    ewah.extend_from_slice(&0u32.to_be_bytes()); // bits
+    ewah.extend_from_slice(&1u32.to_be_bytes()); // words
+    ewah.extend_from_slice(&0u64.to_be_bytes()); // the run-length word
+    ewah.extend_from_slice(&0u32.to_be_bytes()); // position of the last run-length word
+    data.extend_from_slice(&(ewah.len() as u32).to_be_bytes());
+    data.extend_from_slice(&ewah);
+    out.extend_from_slice(b"FSMN");
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(&data);
 }
 
 #[cfg(test)]
@@ -100,7 +132,13 @@ mod tests {
         assert_eq!(&bytes[12 + 62..12 + 65], b"a.b");
         assert_eq!(&bytes[12 + 72 + 62..12 + 72 + 65], b"a/c");
         // "b" is one byte: 62 + 1 + 1 NUL, padded to 64.
-        assert_eq!(bytes.len(), 12 + 72 + 72 + 64 + 20);
+        let entries_end = 12 + 72 + 72 + 64;
+        assert_eq!(&bytes[entries_end..entries_end + 4], b"FSMN");
+        let ext_len =
+            u32::from_be_bytes(bytes[entries_end + 4..entries_end + 8].try_into().unwrap())
+                as usize;
+        assert_eq!(ext_len, 4 + FSMONITOR_TOKEN.len() + 1 + 4 + 20);
+        assert_eq!(bytes.len(), entries_end + 8 + ext_len + 20);
         let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
         hasher.update(&bytes[..bytes.len() - 20]);
         assert_eq!(
