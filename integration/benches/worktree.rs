@@ -7,13 +7,15 @@
 //! Guest (kernel NFS client, software emulation, so every contender is slowed
 //! alike): `mount-worktree` + a clean `git status`, against `git clone
 //! --no-hardlinks` from the mounted export's `.git` and `git worktree add`,
-//! with the bytes git-nfsd sent. Set BENCH_SIZES=1000,10000 to run fewer.
+//! with the bytes git-nfsd sent. Set BENCH_SIZES=1000,10000 to run fewer
+//! sizes, BENCH_PARTS=native or BENCH_PARTS=guest to run one half.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration::client::RpcClient;
+use integration::guest::GuestRun;
 use integration::server::GitNfsd;
 
 const RUNS: usize = 5;
@@ -29,17 +31,22 @@ fn ms(d: Duration) -> String {
 
 /// The store of generated repositories `r<N>.git`, built once and cached.
 fn sized_store(sizes: &[usize]) -> PathBuf {
-    let dir = integration::target_dir().join("lazy-worktree-fixtures").join("sized");
+    let dir = integration::target_dir()
+        .join("lazy-worktree-fixtures")
+        .join("sized");
     std::fs::create_dir_all(&dir).expect("fixture dir");
     for n in sizes {
         let repo = dir.join(format!("r{n}.git"));
         if !repo.join("refs/heads/feature").exists() {
             let _ = std::fs::remove_dir_all(&repo);
-            let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/make-sized-repo"))
-                .arg(n.to_string())
-                .arg(&repo)
-                .status()
-                .expect("make-sized-repo");
+            let status = Command::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/fixtures/make-sized-repo"
+            ))
+            .arg(n.to_string())
+            .arg(&repo)
+            .status()
+            .expect("make-sized-repo");
             assert!(status.success());
         }
     }
@@ -49,7 +56,11 @@ fn sized_store(sizes: &[usize]) -> PathBuf {
 fn time(cmd: &mut Command) -> Duration {
     let start = Instant::now();
     let out = cmd.output().expect("run");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     start.elapsed()
 }
 
@@ -81,9 +92,19 @@ fn native(n: usize, store: &Path) -> Vec<String> {
     for i in 0..RUNS {
         let tmp = tempfile::tempdir().expect("tmp");
         let dest = tmp.path().join("c");
-        clone.push(time(Command::new("git").args(["clone", "-q", "--no-hardlinks"]).arg(&repo).arg(&dest)));
+        clone.push(time(
+            Command::new("git")
+                .args(["clone", "-q", "--no-hardlinks"])
+                .arg(&repo)
+                .arg(&dest),
+        ));
         worktree.push(time(
-            Command::new("git").arg("-C").arg(&dest).args(["worktree", "add", "-q", "--detach"]).arg(tmp.path().join(format!("wt{i}"))).arg("main"),
+            Command::new("git")
+                .arg("-C")
+                .arg(&dest)
+                .args(["worktree", "add", "-q", "--detach"])
+                .arg(tmp.path().join(format!("wt{i}")))
+                .arg("main"),
         ));
     }
     let (m, i) = (median(mount), median(index));
@@ -104,24 +125,30 @@ fn native(n: usize, store: &Path) -> Vec<String> {
 fn guest(store: &Path, sizes: &[usize]) -> Vec<String> {
     // One guest run for every size.
     let server = GitNfsd::start_with(store, "127.0.0.1:0", &["--uid", "1000", "--gid", "1000"]);
-    let list = sizes.iter().map(|n| format!("r{n}")).collect::<Vec<_>>().join(" ");
-    let script = format!("REPOS='{list}'\n{}", GUEST_SCRIPT);
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("bench.sh");
-    std::fs::write(&path, script).expect("script");
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/run-guest"))
-        .args(["--timeout", "3000", "--env"])
-        .arg(format!("nfsport={}", server.port()))
-        .arg("--env")
-        .arg(format!("metricsport={}", server.metrics.port()))
-        .arg("--file")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../overlay-scripts:opt/overlay-scripts"))
-        .arg(&path)
-        .output()
-        .expect("run-guest");
-    let console = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "guest failed:\n{console}");
-    console.lines().filter_map(|l| l.trim_end_matches('\r').strip_prefix("ROW ").map(str::to_owned)).collect()
+    let list = sizes
+        .iter()
+        .map(|n| format!("r{n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let console = GuestRun::new()
+        .timeout(3000)
+        // /tmp holds a full clone of the largest repository.
+        .memory(6144)
+        .env("nfsport", server.port())
+        .env("metricsport", server.metrics.port())
+        .file(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../overlay-scripts"),
+            "opt/overlay-scripts",
+        )
+        .run(&format!("REPOS='{list}'\n{GUEST_SCRIPT}"));
+    console
+        .lines()
+        .filter_map(|l| {
+            l.trim_end_matches('\r')
+                .strip_prefix("ROW ")
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 /// Guest half: per repository, time mount-worktree + clean status, clone
@@ -153,19 +180,36 @@ fn main() {
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
-    println!("Native, medians of {RUNS} (git-nfsd release build, fresh server each run):\n");
-    println!("| files | MOUNT (tree walk) | index build | index, cached | git-nfsd total | git clone --no-hardlinks | git worktree add | clone / git-nfsd | server RSS |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "native,guest".into());
     let store = sized_store(&sizes);
-    for &n in &sizes {
-        for row in native(n, &store) {
+    if parts.contains("native") {
+        print_native(&store, &sizes);
+    }
+    if parts.contains("guest") {
+        print_guest(&store, &sizes);
+    }
+}
+
+fn print_native(store: &Path, sizes: &[usize]) {
+    println!("Native, medians of {RUNS} (git-nfsd release build, fresh server each run):\n");
+    println!(
+        "| files | MOUNT (tree walk) | index build | index, cached | git-nfsd total | git clone --no-hardlinks | git worktree add | clone / git-nfsd | server RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &n in sizes {
+        for row in native(n, store) {
             println!("{row}");
         }
     }
+}
+
+fn print_guest(store: &Path, sizes: &[usize]) {
     println!("\nIn the QEMU guest (kernel NFS client, software emulation), one run each:\n");
-    println!("| files | mount-worktree + clean git status | git clone --no-hardlinks (from the export) | git worktree add | bytes git-nfsd sent for mount + status | clone on disk |");
+    println!(
+        "| files | mount-worktree + clean git status | git clone --no-hardlinks (from the export) | git worktree add | bytes git-nfsd sent for mount + status | clone on disk |"
+    );
     println!("|---|---|---|---|---|---|");
-    for row in guest(&store, &sizes) {
+    for row in guest(store, sizes) {
         println!("{row}");
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod fixture;
+pub mod guest;
 pub mod libnfs;
 pub mod server;
 

@@ -4,9 +4,8 @@
 //! owner: NFSACL decides) and an ordinary user (the owner) read, edit and
 //! create files while the export stays unchanged.
 
-use std::process::Command;
-
 use integration::fixture::{self, git, ls_tree};
+use integration::guest::{GuestRun, assert_all_checks_passed};
 use integration::server::GitNfsd;
 
 #[test]
@@ -35,51 +34,8 @@ fn kernel_client_mounts_reads_and_overlays_the_export() {
         manifest.trim_end(),
         include_str!("../guest/scripts/kernel-client.sh")
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let script_path = dir.path().join("kernel-client.sh");
-    std::fs::write(&script_path, script).expect("write script");
-
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/run-guest"))
-        .args(["--timeout", "600", "--env"])
-        .arg(format!("nfsport={}", server.port()))
-        .arg(&script_path)
-        .output()
-        .expect("run-guest");
-    let console = String::from_utf8_lossy(&out.stdout);
-    println!("{console}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "guest checks failed (exit {:?})",
-        out.status.code()
-    );
-    for check in [
-        "mount nfs",
-        "entry count",
-        "20,000-entry folder",
-        "file contents",
-        "symlink target",
-        "executable bit",
-        "30 levels deep",
-        "writes to the export are refused",
-        "owner from --uid",
-        "overlay mount",
-        "root reads through the overlay",
-        "root edits a file",
-        "root creates a file",
-        "root renames a folder",
-        "agent reads",
-        "agent edits a file",
-        "agent creates files",
-        "agent deletes a file",
-        "the lower layer is unchanged",
-        "changes live in the upper",
-    ] {
-        assert!(
-            console.contains(&format!("PASS: {check}")),
-            "check {check:?} did not pass"
-        );
-    }
+    let console = GuestRun::new().env("nfsport", server.port()).run(&script);
+    assert_all_checks_passed(include_str!("../guest/scripts/kernel-client.sh"), &console);
     // The overlay asked the server for ACLs and the kernel used READDIRPLUS.
     assert!(
         server.metric("gitnfsd_rpc_calls_total{program=\"nfsacl3\",procedure=\"GETACL\"}") > 0.0

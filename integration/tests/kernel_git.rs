@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use integration::fixture::{self, git, ls_tree};
+use integration::guest::GuestRun;
 use integration::server::GitNfsd;
 
 const GITCONFIG: &str = "[user]\n\tname = Guest\n\temail = guest@example.invalid\n\
@@ -18,24 +19,7 @@ fn run_guest(server: &GitNfsd, header: &str) -> String {
         "{header}\n{}",
         include_str!("../guest/scripts/kernel-git.sh")
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("kernel-git.sh");
-    std::fs::write(&path, script).expect("write script");
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/run-guest"))
-        .args(["--timeout", "900", "--env"])
-        .arg(format!("nfsport={}", server.port()))
-        .arg(&path)
-        .output()
-        .expect("run-guest");
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("{console}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "guest checks failed (exit {:?})",
-        out.status.code()
-    );
-    console
+    GuestRun::new().env("nfsport", server.port()).run(&script)
 }
 
 /// A digest of every file in the store: names, sizes and bytes.
