@@ -19,7 +19,11 @@ fn run_guest(server: &GitNfsd, header: &str) -> String {
         "{header}\n{}",
         include_str!("../guest/scripts/kernel-git.sh")
     );
-    GuestRun::new().env("nfsport", server.port()).run(&script)
+    let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/../overlay-scripts");
+    GuestRun::new()
+        .env("nfsport", server.port())
+        .file(scripts, "opt/overlay-scripts")
+        .run(&script)
 }
 
 /// A digest of every file in the store: names, sizes and bytes.
@@ -156,6 +160,12 @@ fn a_git_session_in_the_guest_matches_one_in_an_ordinary_clone() {
     }
     let distinct: BTreeSet<&str> = host_steps.iter().copied().collect();
     assert!(distinct.iter().any(|s| s.starts_with("STEP final tree: ")));
+    assert!(
+        !console.contains("FSMONITOR-MISMATCH"),
+        "fsmonitor status differs from a full scan"
+    );
+    assert!(console.contains("PASS: mount-worktree for root and agent"));
+    assert!(console.contains("PASS: fsmonitor is on"));
     assert!(console.contains("PASS: the lower layer is unchanged"));
     assert!(console.contains("PASS: the work lives in the uppers"));
     assert_eq!(store_digest(store), before, "the store changed");

@@ -5,7 +5,14 @@
 set -e
 cd "$1"
 step() { printf 'STEP %s: %s\n' "$1" "$2"; }
-porcelain() { git status --porcelain | tr '\n' '|'; }
+# Status, checked against a full scan: with fsmonitor configured (the guest
+# mounts with mount-worktree), both must agree after every step.
+porcelain() {
+    fast=$(git status --porcelain | tr '\n' '|')
+    full=$(git -c core.fsmonitor=false status --porcelain | tr '\n' '|')
+    [ "$fast" = "$full" ] || printf 'FSMONITOR-MISMATCH: %s <> %s\n' "$fast" "$full"
+    printf '%s' "$fast"
+}
 
 step "initial status" "$(porcelain)"
 step "branch" "$(git branch --show-current)"

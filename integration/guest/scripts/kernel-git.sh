@@ -27,16 +27,28 @@ if [ "$MODE" = status ]; then
     check "fresh status is clean (agent)" "[ -z \"\$(su agent -c 'cd /mnt/agent && git status --porcelain')\" ]"
     check "git status wrote nothing but the index" "[ -z \"\$(find /tmp/root/upper -type f ! -path '*/.git/*')\" ]"
 else
+    # The sessions run in worktrees made by mount-worktree, so git asks
+    # worktree-fsmonitor what changed; every status is checked against a
+    # full scan (git-workflow.sh prints FSMONITOR-MISMATCH otherwise).
+    umount /mnt/root /mnt/agent
+    S=/opt/overlay-scripts
+    check "mount-worktree for root and agent" "$S/mount-worktree 10.0.2.2:$GUEST_NFSPORT ${EXPORT#/} /w/root && $S/mount-worktree 10.0.2.2:$GUEST_NFSPORT ${EXPORT#/} /w/agent --uid 1000"
+    check "fsmonitor is on" "[ -n \"\$(git -C /w/root config core.fsmonitor)\" ]"
     before=$(sha256sum /mnt/lower/README.md /mnt/lower/src/main.rs)
     echo "$WORKFLOW" > /tmp/git-workflow.sh
     chmod 644 /tmp/git-workflow.sh
     cd /tmp
-    sh /tmp/git-workflow.sh /mnt/root > /tmp/root.txt 2>&1; echo "root workflow exit $?"
-    su agent -c 'sh /tmp/git-workflow.sh /mnt/agent' > /tmp/agent.txt 2>&1; echo "agent workflow exit $?"
+    sh /tmp/git-workflow.sh /w/root > /tmp/root.txt 2>&1; echo "root workflow exit $?"
+    su agent -c 'sh /tmp/git-workflow.sh /w/agent' > /tmp/agent.txt 2>&1; echo "agent workflow exit $?"
     sed 's/^/ROOT /' /tmp/root.txt
     sed 's/^/AGENT /' /tmp/agent.txt
     check "the lower layer is unchanged" "[ \"\$(sha256sum /mnt/lower/README.md /mnt/lower/src/main.rs)\" = \"\$before\" ] && [ -d /mnt/lower/deep/level01 ] && [ -e /mnt/lower/empty ]"
-    check "the work lives in the uppers" "[ -f /tmp/root/upper/topic.txt ] || [ -f /tmp/root/upper/README.md ]"
+    check "the work lives in the uppers" "[ -d /w/.root.upper/upper/.git ] && [ -d /w/.agent.upper/upper/.git ]"
+    cd /
+    $S/umount-worktree /w/root > /dev/null && $S/umount-worktree /w/agent > /dev/null
+    umount /mnt/lower
+    echo "guest checks failed: $fails"
+    exit "$fails"
 fi
 cd /
 umount /mnt/root /mnt/agent /mnt/lower
