@@ -156,20 +156,36 @@ fn guest(store: &Path, sizes: &[usize]) -> Vec<String> {
 const GUEST_SCRIPT: &str = r#"
 export PATH=/opt/overlay-scripts:$PATH
 now() { cut -d' ' -f1 /proc/uptime | tr -d .; }
-bytes() { wget -q -O - "http://10.0.2.2:$GUEST_METRICSPORT/metrics" | awk -v k="$1" '$1 == "gitnfsd_read_bytes_total{name=\"" k "\"}" { print $2 + 0 }'; }
+metrics() { wget -q -O - "http://10.0.2.2:$GUEST_METRICSPORT/metrics"; }
+bytes() { metrics | awk -v k="$1" '$1 == "gitnfsd_read_bytes_total{name=\"" k "\"}" { print $2 + 0 }'; }
+calls() { metrics | awk '/^gitnfsd_rpc_calls_total/ && /procedure="(GETATTR|LOOKUP|ACCESS|READDIR|READDIRPLUS)"/ { n += $2 } END { print n + 0 }'; }
 for r in $REPOS; do
     g0=$(bytes git); w0=$(bytes worktree)
     t0=$(now)
     mount-worktree 10.0.2.2:$GUEST_NFSPORT $r@main /w/$r > /dev/null || exit 1
+    c0=$(calls)
     [ -z "$(git -C /w/$r status --porcelain)" ] || exit 2
     t1=$(now)
+    first=$(( $(calls) - c0 ))
     g1=$(bytes git); w1=$(bytes worktree)
-    git clone -q --no-hardlinks /w/$r/.git /tmp/c-$r || exit 3
+    # Three edits, then status: what fsmonitor saves.
+    for f in $(git -C /w/$r ls-files | sed -n '1p;500p;900p'); do echo edit >> "/w/$r/$f"; done
+    c0=$(calls)
+    [ "$(git -C /w/$r status --porcelain | wc -l)" -eq 3 ] || exit 5
+    edited=$(( $(calls) - c0 ))
+    # The same commit by id (another export, so a cold client cache), no fsmonitor.
+    id=$(git -C /w/$r rev-parse HEAD)
+    mount-worktree 10.0.2.2:$GUEST_NFSPORT $r@$id /w/$r-full --no-fsmonitor > /dev/null || exit 6
+    c0=$(calls)
+    [ -z "$(git -C /w/$r-full status --porcelain)" ] || exit 7
+    full=$(( $(calls) - c0 ))
     t2=$(now)
-    git -C /tmp/c-$r worktree add -q --detach /tmp/wt-$r main || exit 4
+    git clone -q --no-hardlinks /w/$r/.git /tmp/c-$r || exit 3
     t3=$(now)
+    git -C /tmp/c-$r worktree add -q --detach /tmp/wt-$r main || exit 4
+    t4=$(now)
     du -sk /tmp/c-$r | cut -f1 > /tmp/size
-    echo "ROW | ${r#r} | $(( (t1 - t0) * 10 )) ms | $(( (t2 - t1) * 10 )) ms | $(( (t3 - t2) * 10 )) ms | $(( (g1 - g0) / 1024 )) KiB of .git + $(( (w1 - w0) / 1024 )) KiB of files | $(cat /tmp/size) KiB |"
+    echo "ROW | ${r#r} | $(( (t1 - t0) * 10 )) ms | $(( (t3 - t2) * 10 )) ms | $(( (t4 - t3) * 10 )) ms | $(( (g1 - g0) / 1024 )) KiB of .git + $(( (w1 - w0) / 1024 )) KiB of files | $(cat /tmp/size) KiB | $first / $full | $edited |"
     rm -rf /tmp/c-$r /tmp/wt-$r
 done
 "#;
@@ -206,9 +222,9 @@ fn print_native(store: &Path, sizes: &[usize]) {
 fn print_guest(store: &Path, sizes: &[usize]) {
     println!("\nIn the QEMU guest (kernel NFS client, software emulation), one run each:\n");
     println!(
-        "| files | mount-worktree + clean git status | git clone --no-hardlinks (from the export) | git worktree add | bytes git-nfsd sent for mount + status | clone on disk |"
+        "| files | mount-worktree + clean git status | git clone --no-hardlinks (from the export) | git worktree add | bytes git-nfsd sent for mount + status | clone on disk | client calls of the first status: fsmonitor / none | calls of status after 3 edits |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in guest(store, sizes) {
         println!("{row}");
     }
