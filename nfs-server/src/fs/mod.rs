@@ -916,3 +916,111 @@ fn namespace_fileid(id: u64) -> u64 {
     // Below 2^32 like worktree fileids, and never 0.
     (id >> 32).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// A repository with one folder of `n` files, made with real git.
+    fn repo_with_folder(n: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let ok = Command::new("git")
+                .args(args)
+                .current_dir(dir.path())
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("HOME", dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q", "-b", "main"]);
+        std::fs::create_dir(dir.path().join("big")).unwrap();
+        for i in 0..n {
+            std::fs::write(dir.path().join(format!("big/f{i:04}")), i.to_string()).unwrap();
+        }
+        git(&["add", "."]);
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t.invalid",
+            "commit",
+            "-qm",
+            "init",
+        ]);
+        dir
+    }
+
+    fn filesystem(repo: &std::path::Path) -> Filesystem {
+        let store = Store::single("r".into(), repo.to_path_buf()).unwrap();
+        Filesystem::new(
+            Arc::new(store),
+            Owner::default(),
+            64 << 20,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[test]
+    fn read_dir_resumes_at_any_cookie_and_lists_each_entry_once() {
+        let repo = repo_with_folder(300);
+        let fs = filesystem(repo.path());
+        let root = fs.node(fs.mount(b"/r@main").unwrap()).unwrap();
+        let big = fs.lookup(&root, b"big").unwrap();
+        for page in [1, 2, 7, 64, 301, 1000] {
+            let mut names = Vec::new();
+            let mut cookie = 0;
+            loop {
+                let mut taken = 0;
+                let eof = fs
+                    .read_dir(&big, cookie, |e| {
+                        if taken == page {
+                            return false;
+                        }
+                        taken += 1;
+                        cookie = e.cookie;
+                        names.push(e.name);
+                        true
+                    })
+                    .unwrap();
+                if eof {
+                    break;
+                }
+            }
+            let mut want: Vec<Vec<u8>> =
+                (0..300).map(|i| format!("f{i:04}").into_bytes()).collect();
+            want.insert(0, b"..".to_vec());
+            want.insert(0, b".".to_vec());
+            assert_eq!(names, want, "page of {page}");
+        }
+        // Past the end is a bad cookie, the end itself an empty eof page.
+        assert!(matches!(
+            fs.read_dir(&big, 303, |_| true),
+            Err(FsError::BadCookie(303))
+        ));
+        assert!(
+            fs.read_dir(&big, 302, |_| panic!("no entry past the end"))
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn node_ids_are_the_same_in_a_second_filesystem() {
+        let repo = repo_with_folder(3);
+        let (a, b) = (filesystem(repo.path()), filesystem(repo.path()));
+        let id_a = a.mount(b"/r@main/big").unwrap();
+        let id_b = b.mount(b"/r/big").unwrap();
+        assert_eq!(
+            id_a, id_b,
+            "the branch export and the HEAD export of main agree"
+        );
+        let file = b.lookup(&b.node(id_a).unwrap(), b"f0001").unwrap();
+        let chunk = b.read(&file, 0, 100).unwrap();
+        assert_eq!(chunk.bytes(), b"1");
+        assert!(chunk.eof);
+    }
+}
