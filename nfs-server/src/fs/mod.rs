@@ -616,6 +616,7 @@ impl Filesystem {
             let count = entries.len();
             let bytes = dotgit::index::write(
                 entries,
+                &tree.cache_tree(),
                 dotgit::index::Stat {
                     time: u32::try_from(tree.time.max(0)).unwrap_or(u32::MAX),
                     uid: self.owner.uid,

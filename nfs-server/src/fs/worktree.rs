@@ -240,6 +240,47 @@ impl Worktree {
         out
     }
 
+    /// The cache tree of the commit (folders of the tree, not `.git`), in
+    /// pre-order with subfolders in name order, as the index extension
+    /// wants it.
+    pub fn cache_tree(&self) -> Vec<dotgit::index::CacheTree> {
+        // Entries covered by each node: files, symlinks and gitlinks count
+        // one; folders add up their children. Children follow their
+        // parents in breadth-first order, so a reverse pass sums bottom-up.
+        let mut covered = vec![0usize; self.nodes.len()];
+        for i in (1..self.nodes.len()).rev() {
+            let node = &self.nodes[i];
+            let own = match node.kind {
+                NodeKind::File | NodeKind::Executable | NodeKind::Symlink | NodeKind::Gitlink => 1,
+                NodeKind::Dir => covered[i],
+                NodeKind::GitDir | NodeKind::GitFile(_) | NodeKind::StoreFile => 0,
+            };
+            covered[node.parent as usize] += own;
+        }
+        let mut out = Vec::new();
+        let mut stack = vec![0 as NodeIndex];
+        while let Some(index) = stack.pop() {
+            let node = &self.nodes[index as usize];
+            let dirs: Vec<NodeIndex> = node
+                .children()
+                .filter(|c| self.nodes[*c as usize].kind == NodeKind::Dir)
+                .collect();
+            out.push(dotgit::index::CacheTree {
+                name: if index == 0 {
+                    Vec::new()
+                } else {
+                    self.name(node).to_vec()
+                },
+                oid: node.oid,
+                entries: covered[index as usize],
+                subtrees: dirs.len(),
+            });
+            // Pre-order: push in reverse so the first subfolder comes next.
+            stack.extend(dirs.into_iter().rev());
+        }
+        out
+    }
+
     /// Where a [`NodeKind::StoreFile`] lives, relative to the store's
     /// `objects/` folder (`pack/NAME` or `xx/yyyy...`).
     pub fn store_path(&self, node: &Node) -> Option<std::path::PathBuf> {

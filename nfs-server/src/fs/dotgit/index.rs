@@ -3,6 +3,11 @@
 //! GETATTR reports, so that `git status` finds every entry clean without
 //! reading file contents.
 //!
+//! It carries the cache-tree extension (`TREE`): every folder's tree id and
+//! entry count, so `git status` (diff-index) takes unchanged folders from
+//! the index instead of reading their tree objects from the packs, and
+//! `git commit` reuses them.
+//!
 //! It carries the fsmonitor extension (`FSMN`, version 2) with an empty
 //! dirty bitmap: every entry is valid as of [`FSMONITOR_TOKEN`]. With
 //! `core.fsmonitor` set to `overlay-scripts/worktree-fsmonitor`, which
@@ -37,9 +42,20 @@ pub struct Stat {
 /// upper layer holds everything that changed since the index was made.
 pub const FSMONITOR_TOKEN: &str = "git-nfsd:lower";
 
-/// Serializes an index of `entries` (sorted here), with the fsmonitor
-/// extension and a SHA-1 trailer.
-pub fn write(mut entries: Vec<IndexEntry>, stat: Stat) -> Vec<u8> {
+/// One folder of the cache tree, in pre-order: its name (empty for the
+/// root), its tree id, how many index entries it covers, and how many of
+/// the following folders are its direct subfolders.
+#[derive(Debug, Clone)]
+pub struct CacheTree {
+    pub name: Vec<u8>,
+    pub oid: ObjectId,
+    pub entries: usize,
+    pub subtrees: usize,
+}
+
+/// Serializes an index of `entries` (sorted here), with the cache-tree
+/// (`trees`, in pre-order), the fsmonitor extension and a SHA-1 trailer.
+pub fn write(mut entries: Vec<IndexEntry>, trees: &[CacheTree], stat: Stat) -> Vec<u8> {
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     let mut out = Vec::with_capacity(12 + entries.len() * 96 + 20);
     out.extend_from_slice(b"DIRC");
@@ -76,6 +92,9 @@ pub fn write(mut entries: Vec<IndexEntry>, stat: Stat) -> Vec<u8> {
         let padded = (len + 8) & !7;
         out.resize(start + padded, 0);
     }
+    if !trees.is_empty() {
+        cache_tree_extension(&mut out, trees);
+    }
     fsmonitor_extension(&mut out);
     let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
     hasher.update(&out);
@@ -84,6 +103,20 @@ pub fn write(mut entries: Vec<IndexEntry>, stat: Stat) -> Vec<u8> {
         Err(e) => tracing::error!(error = %e, "hashing the index failed"),
     }
     out
+}
+
+/// `TREE`: per folder, `name NUL count SP subtrees LF oid`.
+fn cache_tree_extension(out: &mut Vec<u8>, trees: &[CacheTree]) {
+    let mut data = Vec::new();
+    for t in trees {
+        data.extend_from_slice(&t.name);
+        data.push(0);
+        data.extend_from_slice(format!("{} {}\n", t.entries, t.subtrees).as_bytes());
+        data.extend_from_slice(t.oid.as_bytes());
+    }
+    out.extend_from_slice(b"TREE");
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(&data);
 }
 
 /// `FSMN`: version 2, the token, and an empty EWAH bitmap of dirty entries
@@ -121,6 +154,7 @@ mod tests {
         };
         let bytes = write(
             vec![entry("b"), entry("a/c"), entry("a.b")],
+            &[],
             Stat {
                 time: 100,
                 uid: 1,
