@@ -55,7 +55,8 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     gid: u32,
 
-    /// Memory for decoded blobs (3/4) and tree tables (1/4), in bytes.
+    /// Memory for caches, in bytes: decoded blobs (1/2), synthesized
+    /// indexes (1/4), tree tables (1/4).
     #[arg(long, value_name = "N", default_value_t = 256 << 20)]
     cache_bytes: u64,
 

@@ -227,13 +227,15 @@ impl std::fmt::Debug for Filesystem {
 }
 
 impl Filesystem {
-    /// `cache_bytes` bounds decoded blobs (half), worktree tables and
-    /// synthesized indexes (a quarter each).
+    /// `cache_bytes` is split between decoded blobs (1/2), synthesized
+    /// indexes (1/4), worktree tables (1/8) and exports (1/8), which keep
+    /// their tables alive and so are weighed by them.
     pub fn new(store: Arc<Store>, owner: Owner, cache_bytes: u64, metrics: Arc<Metrics>) -> Self {
         let quarter = (cache_bytes / 4).max(1 << 20);
+        let eighth = (cache_bytes / 8).max(1 << 20);
         let live = metrics.exports_live.clone();
         let worktrees = moka::sync::Cache::builder()
-            .max_capacity(quarter)
+            .max_capacity(eighth)
             .weigher(|_, t: &Arc<Worktree>| u32::try_from(t.approx_bytes()).unwrap_or(u32::MAX))
             .eviction_listener(move |_, _, _| {
                 live.dec();
@@ -243,7 +245,14 @@ impl Filesystem {
             .max_capacity(quarter)
             .weigher(|_, i: &Arc<[u8]>| u32::try_from(i.len()).unwrap_or(u32::MAX))
             .build();
-        let exports = moka::sync::Cache::builder().max_capacity(100_000).build();
+        // An export holds its tree table: weigh it by the table, so tables
+        // kept alive by exports stay within a budget too.
+        let exports = moka::sync::Cache::builder()
+            .max_capacity(eighth)
+            .weigher(|_, e: &Arc<Export>| {
+                u32::try_from(e.tree.approx_bytes() + 64 * e.view.refs.len()).unwrap_or(u32::MAX)
+            })
+            .build();
         let blobs = BlobCache::new(cache_bytes / 2, Arc::clone(&metrics));
         Self {
             store,
