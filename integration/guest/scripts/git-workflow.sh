@@ -18,6 +18,7 @@ step "initial status" "$(porcelain)"
 step "branch" "$(git branch --show-current)"
 step "log" "$(git log --format=%s | tr '\n' '|')"
 step "ls-files" "$(git ls-files | wc -l | tr -d ' ')"
+step "log -p" "$(git log -p --format=%s -- src/main.rs | tr '\n' '|')"
 step "grep" "$(git grep -n 'hello' -- src | tr '\n' '|')"
 step "blame" "$(git blame --porcelain src/main.rs | grep -c '^author ')"
 
