@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use nfs_server::fs::{Filesystem, Owner};
 use nfs_server::metrics::{self, Metrics};
-use nfs_server::server::{Limits, Server};
+use nfs_server::server::{AccessList, Limits, Server};
 use nfs_server::store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +67,12 @@ struct ServeArgs {
     /// Calls of one connection answered at once.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_in_flight)]
     max_in_flight: usize,
+
+    /// Client address range allowed to call (repeatable), e.g. 10.0.0.0/8.
+    /// Default: loopback, plus Fly's private network fdaa::/16 when
+    /// FLY_APP_NAME is set. Other clients get an RPC authentication error.
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<ipnet::IpNet>,
 
     /// Open client connections allowed at once.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
@@ -129,7 +135,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_in_flight: args.max_in_flight,
         max_connections: args.max_connections,
     };
-    let server = Server::bind(args.listen, fs, Arc::clone(&metrics), limits)
+    let access = if args.allow.is_empty() {
+        AccessList::default_for_environment(std::env::var_os("FLY_APP_NAME").is_some())
+    } else {
+        AccessList::new(args.allow.clone())
+    };
+    let server = Server::bind(args.listen, fs, Arc::clone(&metrics), limits, access)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = server.local_addr()?;

@@ -23,6 +23,7 @@ fn help_explains_every_flag() {
         "--max-record-bytes",
         "--max-in-flight",
         "--max-connections",
+        "--allow",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
@@ -36,6 +37,12 @@ fn bad_flags_are_clear_errors() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+    let out = git_nfsd()
+        .args(["serve", "--allow", "10.0.0.0/33"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow"));
     let out = git_nfsd()
         .args(["serve", "--no-such-flag"])
         .output()

@@ -26,6 +26,7 @@ pub async fn serve(
     ctx: Arc<Context>,
     limits: Limits,
     shutdown: CancellationToken,
+    refused: bool,
 ) {
     ctx.metrics.connections_open.inc();
     tracing::debug!(%peer, "connection opened");
@@ -86,6 +87,16 @@ pub async fn serve(
                 continue;
             }
         };
+        if refused {
+            send(
+                &replies,
+                &ctx.metrics,
+                header.xid,
+                Reply::AuthError(auth_stat::AUTH_TOOWEAK),
+            )
+            .await;
+            continue;
+        }
         let procedure = match route(&header) {
             Ok(p) => p,
             Err(reply) => {

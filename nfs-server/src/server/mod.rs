@@ -1,7 +1,10 @@
 //! The TCP listener: accepts connections within limits and stops on
 //! shutdown, draining the connections it started.
 
+mod access;
 mod connection;
+
+pub use access::AccessList;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +45,7 @@ pub struct Server {
     listener: TcpListener,
     ctx: Arc<Context>,
     limits: Limits,
+    access: Arc<AccessList>,
 }
 
 impl Server {
@@ -50,6 +54,7 @@ impl Server {
         fs: Arc<Filesystem>,
         metrics: Arc<Metrics>,
         limits: Limits,
+        access: AccessList,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let port = listener.local_addr()?.port();
@@ -57,6 +62,7 @@ impl Server {
             listener,
             ctx: Arc::new(Context { fs, metrics, port }),
             limits,
+            access: Arc::new(access),
         })
     }
 
@@ -92,8 +98,12 @@ impl Server {
             let ctx = Arc::clone(&self.ctx);
             let limits = self.limits;
             let stop = shutdown.child_token();
+            let refused = !self.access.allows(peer.ip());
+            if refused {
+                tracing::warn!(%peer, allowed = ?self.access.ranges(), "client address not allowed; its calls get AUTH_ERROR");
+            }
             connections.spawn(async move {
-                connection::serve(stream, peer, ctx, limits, stop).await;
+                connection::serve(stream, peer, ctx, limits, stop, refused).await;
                 drop(slot);
             });
         }
