@@ -36,3 +36,33 @@ fn allowed_ranges_are_served_and_loopback_is_the_default() {
         c.walk(&root, "README.md").expect("lookup");
     }
 }
+
+#[test]
+fn require_privileged_port_refuses_unprivileged_source_ports() {
+    let server = GitNfsd::start_with(
+        fixture::store(),
+        "127.0.0.1:0",
+        &["--require-privileged-port"],
+    );
+    // An ordinary client: an ephemeral source port.
+    let mut c = RpcClient::connect(server.addr);
+    assert_eq!(c.call(MOUNT, 3, 0, &[]), Err(RpcError::Denied(1)));
+    // libnfs binds a privileged source port when run as root, as mount does.
+    if running_as_root() {
+        let listed = libnfs::ls(&server.url("/app"), false)
+            .expect("a root client with a privileged port is served");
+        assert!(listed.iter().any(|l| l.path == b"README.md"));
+    }
+}
+
+/// Whether this test runs as root (then libnfs can bind ports below 1024).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}

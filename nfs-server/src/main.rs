@@ -74,6 +74,11 @@ struct ServeArgs {
     #[arg(long = "allow", value_name = "CIDR")]
     allow: Vec<ipnet::IpNet>,
 
+    /// Refuse clients whose source port is not privileged (>= 1024), so that
+    /// only root on an allowed machine can connect (like knfsd's `secure`).
+    #[arg(long)]
+    require_privileged_port: bool,
+
     /// Open client connections allowed at once.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
     max_connections: usize,
@@ -139,7 +144,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         AccessList::default_for_environment(std::env::var_os("FLY_APP_NAME").is_some())
     } else {
         AccessList::new(args.allow.clone())
-    };
+    }
+    .require_privileged_port(args.require_privileged_port);
     let server = Server::bind(args.listen, fs, Arc::clone(&metrics), limits, access)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

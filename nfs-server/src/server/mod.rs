@@ -98,10 +98,11 @@ impl Server {
             let ctx = Arc::clone(&self.ctx);
             let limits = self.limits;
             let stop = shutdown.child_token();
-            let refused = !self.access.allows(peer.ip());
-            if refused {
-                tracing::warn!(%peer, allowed = ?self.access.ranges(), "client address not allowed; its calls get AUTH_ERROR");
+            let refusal = self.access.refusal(peer);
+            if let Some(why) = refusal {
+                tracing::warn!(%peer, allowed = ?self.access.ranges(), why, "refusing a client; its calls get AUTH_ERROR");
             }
+            let refused = refusal.is_some();
             connections.spawn(async move {
                 connection::serve(stream, peer, ctx, limits, stop, refused).await;
                 drop(slot);
