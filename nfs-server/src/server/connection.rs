@@ -61,8 +61,8 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break "shutdown";
         };
-        let header = match parse_call(&record) {
-            Ok((header, _)) => header,
+        let (header, args_at) = match parse_call(&record) {
+            Ok((header, args)) => (header, record.len() - args.len()),
             Err(CallError::Unreadable(len)) => {
                 tracing::warn!(%peer, len, "unreadable RPC message; closing the connection");
                 break "bad_record";
@@ -112,11 +112,7 @@ pub async fn serve(
             let xid = header.xid;
             let task_ctx = Arc::clone(&ctx);
             let answered = tokio::task::spawn_blocking(move || {
-                // Re-parse inside the task to borrow the arguments from the record.
-                match parse_call(&record) {
-                    Ok((header, args)) => (procedure.handler)(&task_ctx, &header, args),
-                    Err(_) => Reply::GarbageArgs,
-                }
+                (procedure.handler)(&task_ctx, &header, &record[args_at..])
             })
             .await;
             let reply = answered.unwrap_or_else(|e| {
