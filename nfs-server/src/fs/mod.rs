@@ -285,9 +285,16 @@ impl Filesystem {
                 if let Some((id, _)) = ns.folder_by_path(path.repo) {
                     return Ok(NodeId::Namespace(id));
                 }
-                let (repo, taken) = (1..=components.len())
-                    .rev()
-                    .find_map(|k| Some((self.store.repo_by_name(&components[..k].join("/"))?, k)))
+                // The longest prefix naming a repository; the store is rescanned
+                // only when no prefix is known (libnfs mounts a folder per file).
+                let longest = |find: &dyn Fn(&str) -> Option<Arc<Repo>>| {
+                    (1..=components.len())
+                        .rev()
+                        .find_map(|k| Some((find(&components[..k].join("/"))?, k)))
+                };
+                let index = self.store.index();
+                let (repo, taken) = longest(&|name| index.by_name(name).cloned())
+                    .or_else(|| longest(&|name| self.store.repo_by_name(name)))
                     .ok_or_else(|| MountError::UnknownRepo(path.repo.to_owned()))?;
                 let commit = repo.resolve(None)?;
                 (repo, None, commit, components[taken..].to_vec())
@@ -895,10 +902,6 @@ impl Filesystem {
             Node::Namespace { .. } => (0, self.store.index().len() as u64),
             Node::Worktree { export, .. } => (0, export.tree.len() as u64),
         }
-    }
-
-    pub fn blobs(&self) -> &BlobCache {
-        &self.blobs
     }
 }
 

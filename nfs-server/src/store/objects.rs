@@ -88,10 +88,4 @@ impl BlobCache {
             })?;
         Ok(header.size())
     }
-
-    /// Bytes currently held, for metrics and tests.
-    pub fn weighted_size(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.weighted_size()
-    }
 }
