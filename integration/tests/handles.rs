@@ -3,7 +3,6 @@
 //! moves.
 
 use std::path::Path;
-use std::process::Command;
 
 use integration::client::RpcClient;
 use integration::fixture::{self, git};
@@ -42,30 +41,23 @@ fn handles_survive_a_restart_and_agree_across_servers() {
     }
 }
 
+/// Identity for commits made by these tests.
+const ID: [&str; 4] = ["-c", "user.name=t", "-c", "user.email=t@t.invalid"];
+
 fn commit_in(repo: &Path, file: &str, text: &str) {
     let work = tempfile::tempdir().expect("tempdir");
     let clone = work.path().join("c");
-    let run = |args: &[&str], dir: &Path| {
-        let ok = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t.invalid")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t.invalid")
-            .status()
-            .expect("git")
-            .success();
-        assert!(ok, "git {args:?}");
-    };
-    run(
-        &["clone", "-q", repo.to_str().expect("utf8"), "c"],
+    git(
         work.path(),
+        &["clone", "-q", repo.to_str().expect("utf8"), "c"],
     );
     std::fs::write(clone.join(file), text).expect("write");
-    run(&["add", file], &clone);
-    run(&["commit", "-qm", "move the branch"], &clone);
-    run(&["push", "-q", "origin", "HEAD:main"], &clone);
+    git(&clone, &["add", file]);
+    git(
+        &clone,
+        &[&ID[..], &["commit", "-qm", "move the branch"]].concat(),
+    );
+    git(&clone, &["push", "-q", "origin", "HEAD:main"]);
 }
 
 #[test]
@@ -73,29 +65,14 @@ fn a_mounted_export_stays_pinned_when_the_branch_moves() {
     let store = tempfile::tempdir().expect("store");
     let repo = store.path().join("pin.git");
     let src = tempfile::tempdir().expect("src");
-    let run = |args: &[&str]| {
-        assert!(
-            Command::new("git")
-                .args(args)
-                .current_dir(src.path())
-                .status()
-                .expect("git")
-                .success()
-        );
-    };
-    run(&["init", "-q", "-b", "main", "."]);
+    git(src.path(), &["init", "-q", "-b", "main", "."]);
     std::fs::write(src.path().join("state.txt"), "old\n").expect("write");
-    run(&["add", "state.txt"]);
-    run(&[
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@t.invalid",
-        "commit",
-        "-qm",
-        "old",
-    ]);
-    run(&["clone", "-q", "--bare", ".", repo.to_str().expect("utf8")]);
+    git(src.path(), &["add", "state.txt"]);
+    git(src.path(), &[&ID[..], &["commit", "-qm", "old"]].concat());
+    git(
+        src.path(),
+        &["clone", "-q", "--bare", ".", repo.to_str().expect("utf8")],
+    );
 
     let server = GitNfsd::start(store.path());
     let mut c = RpcClient::connect(server.addr);
@@ -123,13 +100,9 @@ fn a_repository_added_later_is_found_without_restart() {
     let store = tempfile::tempdir().expect("store");
     let seed = fixture::store().join("org/lib.git");
     let copy = |name: &str| {
-        assert!(
-            Command::new("git")
-                .args(["clone", "-q", "--bare", seed.to_str().expect("utf8")])
-                .arg(store.path().join(name))
-                .status()
-                .expect("git clone")
-                .success()
+        git(
+            store.path(),
+            &["clone", "-q", "--bare", seed.to_str().expect("utf8"), name],
         );
     };
     copy("first.git");
