@@ -1,7 +1,17 @@
 //! `agent-runner`: the thin runner in each agent container.
 //!
-//! Built so far: [`keys`], what a `message` may type into the agent's
-//! terminal. The MCP server (`start`, `message`), the pty session, the
-//! capture and `/live` are the rest of issue 4.
+//! It runs one coding agent (codex by default) in a pseudo-terminal
+//! ([`session`]), keeps everything it prints in a capture file
+//! ([`capture`]) and on a rendered screen ([`terminal`]), and offers MCP
+//! tools to start it and type into it ([`mcp`], [`runner`]) next to plain
+//! HTTP endpoints to watch it ([`http`]). What a message may type is
+//! decided in [`keys`].
 
+pub mod capture;
+pub mod config;
+pub mod http;
 pub mod keys;
+pub mod mcp;
+pub mod runner;
+pub mod session;
+pub mod terminal;
