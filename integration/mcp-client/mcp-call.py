@@ -5,6 +5,9 @@ Python SDK (`pip install mcp`): an independent client for agent-runner.
     mcp-call.py URL [--token T] list
     mcp-call.py URL [--token T] call TOOL JSON_ARGS [TOOL JSON_ARGS ...]
 
+URL is `http://HOST:PORT/mcp`, or `stdio:COMMAND LINE` to start the server
+as a child and talk MCP over its stdin/stdout.
+
 Prints one JSON object per line: the tool list, or each call's result
 (`{"tool", "is_error", "structured", "text"}`). Exits 2 on a protocol
 failure.
@@ -12,18 +15,33 @@ failure.
 
 import argparse
 import asyncio
+import contextlib
 import json
+import shlex
 import sys
 
-from mcp import ClientSession
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 
-async def run(args):
+@contextlib.asynccontextmanager
+async def connect(args):
+    if args.url.startswith("stdio:"):
+        argv = shlex.split(args.url[len("stdio:"):])
+        params = StdioServerParameters(command=argv[0], args=argv[1:])
+        async with stdio_client(params) as streams:
+            yield streams
+        return
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
     http = create_mcp_http_client(headers=headers)
     async with http, streamable_http_client(args.url, http_client=http) as streams:
+        yield streams
+
+
+async def run(args):
+    async with connect(args) as streams:
         async with ClientSession(streams[0], streams[1]) as session:
             init = await session.initialize()
             if args.action == "list":

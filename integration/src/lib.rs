@@ -1,12 +1,14 @@
-//! Helpers for the end-to-end tests of git-nfsd: fixture stores built with
-//! real `git`, `git-nfsd` processes on 127.0.0.1, wrappers for libnfs's
-//! command-line client, and a minimal ONC RPC client for protocol checks the
-//! command-line tools cannot make (paging, malformed input, restarts).
+//! Helpers for the end-to-end tests: fixture stores built with real `git`,
+//! `git-nfsd` and `agent-runner` processes on 127.0.0.1, wrappers for
+//! libnfs's command-line client, a minimal ONC RPC client for protocol
+//! checks the command-line tools cannot make (paging, malformed input,
+//! restarts), and MCP/HTTP clients for the runner.
 
 pub mod client;
 pub mod fixture;
 pub mod guest;
 pub mod libnfs;
+pub mod runner;
 pub mod server;
 
 use std::path::PathBuf;
