@@ -1,0 +1,265 @@
+//! agent-runner figures, printed as a table (`cargo bench -p integration
+//! --bench runner`):
+//!
+//! - message → answer: from the `message` tool call returning to the
+//!   agent's answer arriving on a `/live?follow=1` stream, against the same
+//!   agent driven through a bare pty by Python's `pty` module (the peer:
+//!   what a terminal with nothing in between would see);
+//! - start → first byte of the agent on a follower;
+//! - `/live` download throughput of a large capture, against reading the
+//!   capture file from disk;
+//! - runner RSS idle, and with 50 followers while the agent prints.
+//!
+//! The agent is the scripted REPL in `integration/agents/repl-agent`.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use integration::runner::{AgentRunner, Mcp};
+use serde_json::json;
+
+const ROUND_TRIPS: usize = 200;
+const STARTS: usize = 20;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A follower of the current session that reports when `needle` arrives.
+struct Follower {
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    seen: Vec<u8>,
+}
+
+impl Follower {
+    async fn open(runner: &AgentRunner, query: &str) -> Self {
+        let response = runner
+            .http()
+            .get(runner.url(&format!("/live?follow=1{query}")))
+            .send()
+            .await
+            .expect("follow");
+        Self {
+            stream: Box::pin(response.bytes_stream()),
+            seen: Vec::new(),
+        }
+    }
+
+    async fn wait_for(&mut self, needle: &[u8]) {
+        loop {
+            if let Some(at) = self.seen.windows(needle.len()).position(|w| w == needle) {
+                self.seen.drain(..at + needle.len());
+                return;
+            }
+            let chunk = self
+                .stream
+                .next()
+                .await
+                .expect("stream open")
+                .expect("chunk");
+            self.seen.extend_from_slice(&chunk);
+        }
+    }
+
+    async fn first_byte(&mut self) {
+        while self.seen.is_empty() {
+            let chunk = self
+                .stream
+                .next()
+                .await
+                .expect("stream open")
+                .expect("chunk");
+            self.seen.extend_from_slice(&chunk);
+        }
+    }
+}
+
+async fn message(mcp: &Mcp, text: &str) {
+    mcp.call("message", json!({ "text": text })).await.ok();
+}
+
+async fn message_round_trips(runner: &AgentRunner, mcp: &Mcp) -> Vec<Duration> {
+    let mut follower = Follower::open(runner, "").await;
+    follower.wait_for(b"repl-agent ready").await;
+    let mut times = Vec::with_capacity(ROUND_TRIPS);
+    for i in 0..ROUND_TRIPS {
+        let token = format!("ping-{i:05}");
+        message(mcp, &token).await;
+        let returned = Instant::now();
+        follower
+            .wait_for(format!("got: '{token}'").as_bytes())
+            .await;
+        times.push(returned.elapsed());
+    }
+    times.sort();
+    times
+}
+
+/// The peer: the same agent in a bare pty, typed to and read by Python.
+fn pty_peer_round_trips() -> Vec<Duration> {
+    let script = format!(
+        r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("{agent}", ["{agent}"])
+buf = b""
+def wait_for(needle):
+    global buf
+    while needle not in buf:
+        buf += os.read(fd, 65536)
+    buf = buf[buf.index(needle) + len(needle):]
+wait_for(b"repl-agent ready")
+for i in range({n}):
+    token = "ping-%05d" % i
+    os.write(fd, token.encode())
+    time.sleep(0.02)
+    os.write(fd, b"\r")
+    t = time.perf_counter()
+    wait_for(("got: '%s'" % token).encode())
+    print(int((time.perf_counter() - t) * 1e9))
+os.write(fd, b"exit\r")
+"#,
+        agent = integration::runner::repl_agent().display(),
+        n = ROUND_TRIPS
+    );
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3");
+    assert!(output.status.success(), "peer failed");
+    let mut times: Vec<Duration> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .map(Duration::from_nanos)
+        .collect();
+    times.sort();
+    times
+}
+
+async fn start_to_first_byte(runner: &AgentRunner, mcp: &Mcp) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(STARTS);
+    for _ in 0..STARTS {
+        let began = Instant::now();
+        let info = mcp.call("start", json!({})).await.ok();
+        let session = info["session"].as_u64().unwrap();
+        let mut follower = Follower::open(runner, &format!("&session={session}")).await;
+        follower.first_byte().await;
+        times.push(began.elapsed());
+        message(mcp, "exit").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runner.healthz().await["agent"]["state"] != "exited" {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    times.sort();
+    times
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runner = AgentRunner::repl(dir.path());
+    let mcp = runner.mcp().await;
+    let rss_idle = rss_kib(runner.pid());
+
+    mcp.call("start", json!({})).await.ok();
+    let ours = message_round_trips(&runner, &mcp).await;
+    let peer = pty_peer_round_trips();
+
+    // Throughput and RSS with 50 followers while the agent prints ~28 MB.
+    let mut followers = Vec::new();
+    for _ in 0..50 {
+        let mut follower = Follower::open(&runner, "").await;
+        followers.push(tokio::spawn(async move {
+            follower.wait_for(b"spewed").await;
+        }));
+    }
+    message(&mcp, "spew 400000").await;
+    let mut rss_followers = 0;
+    while !followers.iter().all(|f| f.is_finished()) {
+        rss_followers = rss_followers.max(rss_kib(runner.pid()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for f in followers {
+        f.await.expect("follower");
+    }
+    let capture = dir.path().join("session-000001.log");
+    let mut downloads = Vec::new();
+    let mut reads = Vec::new();
+    let mut size = 0;
+    for _ in 0..5 {
+        let began = Instant::now();
+        let body = runner
+            .http()
+            .get(runner.url("/live?session=1"))
+            .send()
+            .await
+            .expect("GET /live")
+            .bytes()
+            .await
+            .expect("body");
+        downloads.push(began.elapsed());
+        size = body.len();
+        let began = Instant::now();
+        let file = std::fs::read(&capture).expect("capture");
+        reads.push(began.elapsed());
+        assert!(file.len() >= size);
+    }
+    downloads.sort();
+    reads.sort();
+    message(&mcp, "exit").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let starts = start_to_first_byte(&runner, &mcp).await;
+
+    let mb = size as f64 / 1e6;
+    let rate = |d: Duration| format!("{:.0} MB/s", mb / d.as_secs_f64());
+    println!("agent-runner ({ROUND_TRIPS} round trips, {STARTS} starts, {mb:.1} MB capture)");
+    println!("| measure | agent-runner | peer | ratio |");
+    println!("|---|---|---|---|");
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let (a, b) = (percentile(&ours, p), percentile(&peer, p));
+        println!(
+            "| message returned → answer on /live?follow=1, {name} | {} | {} (bare pty, Python) | {:.2}x |",
+            ms(a),
+            ms(b),
+            a.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+    println!(
+        "| start → agent's first byte on a follower, p50 / p99 | {} / {} | | |",
+        ms(percentile(&starts, 0.5)),
+        ms(percentile(&starts, 0.99))
+    );
+    let (d, r) = (percentile(&downloads, 0.5), percentile(&reads, 0.5));
+    println!(
+        "| GET /live of the whole capture, median of 5 | {} | {} (read the file) | {:.2}x |",
+        rate(d),
+        rate(r),
+        r.as_secs_f64() / d.as_secs_f64()
+    );
+    println!("| runner RSS, idle | {} MiB | | |", rss_idle / 1024);
+    println!(
+        "| runner RSS, peak with 50 followers during the {mb:.0} MB burst | {} MiB | | |",
+        rss_followers / 1024
+    );
+}
