@@ -44,9 +44,7 @@ async fn start_message_and_answer() {
         .await
         .ok();
     assert_eq!(typed["dropped"], json!([]));
-    runner
-        .wait_for_output("got: 'hello agent'", WAIT)
-        .await;
+    runner.wait_for_output("got: 'hello agent'", WAIT).await;
     let screen = runner.get_text("/screen").await;
     assert!(screen.contains("got: 'hello agent'"), "{screen}");
 
@@ -82,19 +80,21 @@ async fn ctrl_z_in_a_message_never_suspends_the_agent() {
         "e\u{1c}\u{3}\u{4}\u{13}\u{11}f",
     ] {
         let typed = mcp.call("message", json!({ "text": text })).await.ok();
-        assert!(
-            !typed["dropped"].as_array().unwrap().is_empty(),
-            "{typed}"
-        );
+        assert!(!typed["dropped"].as_array().unwrap().is_empty(), "{typed}");
     }
     runner.wait_for_output("got: 'ef'", WAIT).await;
     let text = runner.get_text("/live?format=text").await;
-    assert!(text.contains("got: 'ab'") && text.contains("got: 'cd'"), "{text}");
+    assert!(
+        text.contains("got: 'ab'") && text.contains("got: 'cd'"),
+        "{text}"
+    );
     assert_ne!(process_state(pid), Some('T'));
 
     // The agent's own SIGTSTP to its process group (what codex does on
     // Ctrl+Z in raw mode) is discarded: the group is orphaned.
-    mcp.call("message", json!({"text": "suspend-self"})).await.ok();
+    mcp.call("message", json!({"text": "suspend-self"}))
+        .await
+        .ok();
     runner
         .wait_for_output("still running after SIGTSTP", WAIT)
         .await;
@@ -118,7 +118,9 @@ async fn ctrl_z_in_a_message_never_suspends_the_agent() {
     );
 
     // And it still answers.
-    mcp.call("message", json!({"text": "still there?"})).await.ok();
+    mcp.call("message", json!({"text": "still there?"}))
+        .await
+        .ok();
     runner.wait_for_output("got: 'still there?'", WAIT).await;
     assert_ne!(process_state(pid), Some('T'));
 }
@@ -223,7 +225,9 @@ async fn errors_are_clear_tool_errors() {
         "empty_text"
     );
     assert_eq!(
-        mcp.call("message", json!({"text": "\u{1a}\u{3}"})).await.err()["error"],
+        mcp.call("message", json!({"text": "\u{1a}\u{3}"}))
+            .await
+            .err()["error"],
         "empty_text"
     );
     assert_eq!(
@@ -256,12 +260,19 @@ async fn errors_are_clear_tool_errors() {
     };
     assert_eq!(err["error"], "exited", "{err}");
     assert_eq!(err["exit"]["code"], 3);
-    assert!(err["message"].as_str().unwrap().contains("exited with status 3"));
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited with status 3")
+    );
 
     let second = mcp.call("start", json!({})).await.ok();
     assert_eq!(second["session"], 2);
     runner.wait_for_output("repl-agent ready", WAIT).await;
-    mcp.call("message", json!({"text": "second life"})).await.ok();
+    mcp.call("message", json!({"text": "second life"}))
+        .await
+        .ok();
     runner.wait_for_output("got: 'second life'", WAIT).await;
     // The first session's capture is still there, whole.
     let old = runner.get_text("/live?session=1&format=text").await;
@@ -302,7 +313,9 @@ async fn live_offsets_ranges_and_followers() {
         .bytes_stream();
     slow.next().await.unwrap().unwrap();
 
-    mcp.call("message", json!({"text": "spew 20000"})).await.ok();
+    mcp.call("message", json!({"text": "spew 20000"}))
+        .await
+        .ok();
     runner.wait_for_output("spewed", WAIT).await;
     mcp.call("message", json!({"text": "exit"})).await.ok();
     // Followers end when the agent's capture is finished.
@@ -433,7 +446,11 @@ async fn token_and_host_are_checked() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 404, "allowed host reaches /live (no session yet)");
+    assert_eq!(
+        response.status(),
+        404,
+        "allowed host reaches /live (no session yet)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -441,7 +458,9 @@ async fn sigterm_stops_the_agent_and_keeps_the_capture() {
     let dir = tempfile::tempdir().unwrap();
     let mut runner = AgentRunner::repl(dir.path());
     let (mcp, pid) = started(&runner).await;
-    mcp.call("message", json!({"text": "before restart"})).await.ok();
+    mcp.call("message", json!({"text": "before restart"}))
+        .await
+        .ok();
     runner.wait_for_output("got: 'before restart'", WAIT).await;
     let before = runner.get_text("/live").await;
     drop(mcp);

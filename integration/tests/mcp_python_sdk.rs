@@ -51,7 +51,10 @@ async fn python_sdk_over_streamable_http() {
         assert!(names.contains(&name), "{names:?}");
     }
     let message = tools.iter().find(|t| t["name"] == "message").unwrap();
-    assert_eq!(message["input_schema"]["required"], serde_json::json!(["text"]));
+    assert_eq!(
+        message["input_schema"]["required"],
+        serde_json::json!(["text"])
+    );
 
     let results = sdk(
         &url,
