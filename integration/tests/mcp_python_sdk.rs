@@ -7,13 +7,19 @@ use std::time::Duration;
 
 use integration::runner::{AgentRunner, repl_agent};
 
+/// The Python with the SDK installed: `integration/run-tests` makes a venv
+/// and names it in `INTEGRATION_PYTHON`.
+fn python() -> Command {
+    Command::new(std::env::var_os("INTEGRATION_PYTHON").unwrap_or_else(|| "python3".into()))
+}
+
 fn mcp_call() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp-client/mcp-call.py")
 }
 
 /// Runs the SDK client; returns one JSON value per printed line.
 fn sdk(url: &str, token: Option<&str>, args: &[&str]) -> Vec<serde_json::Value> {
-    let mut command = Command::new("python3");
+    let mut command = python();
     command.arg(mcp_call()).arg(url);
     if let Some(token) = token {
         command.args(["--token", token]);
@@ -79,7 +85,7 @@ async fn python_sdk_over_streamable_http() {
         .await;
 
     // Without the token the SDK cannot even initialize.
-    let refused = Command::new("python3")
+    let refused = python()
         .arg(mcp_call())
         .arg(&url)
         .arg("list")
