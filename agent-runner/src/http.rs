@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::capture::{CaptureReader, ReadEnd};
 use crate::mcp::RunnerTools;
 use crate::runner::{FollowerGuard, Runner, RunnerError};
-use crate::terminal::{TextFilter, escape_html_into};
+use crate::terminal::{Activity, TextFilter, escape_html_into};
 
 /// Who may call, and how.
 #[derive(Debug, Clone, Default)]
@@ -180,7 +180,7 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     let session = runner.session().map(|s| runner.describe(&s));
     let busy = session
         .as_ref()
-        .is_some_and(|s| s.state == "running" && !s.activity.is_ready());
+        .is_some_and(|s| s.state == "running" && s.activity == Activity::Working);
     Json(serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),

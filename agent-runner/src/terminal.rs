@@ -10,7 +10,9 @@ use std::fmt::Write as _;
 use std::num::NonZeroU16;
 
 /// What the agent says it is doing, from codex's OSC 7501 markers
-/// (`ESC ] 7501 ; state=idle|working|done BEL`).
+/// (`ESC ] 7501 ; state=idle:app=codex ESC \`; codex 0.169 sends `idle`,
+/// `working`, `done` (turn finished, until the next key), `error` and
+/// `clear` (leaving the screen)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Activity {
@@ -19,6 +21,8 @@ pub enum Activity {
     Idle,
     Working,
     Done,
+    /// The turn failed; the agent waits for input again.
+    Error,
 }
 
 impl Activity {
@@ -27,13 +31,15 @@ impl Activity {
             b"idle" => Some(Self::Idle),
             b"working" | b"busy" => Some(Self::Working),
             b"done" => Some(Self::Done),
+            b"error" => Some(Self::Error),
+            b"clear" => Some(Self::Unknown),
             _ => None,
         }
     }
 
-    /// Whether the agent waits for input: idle, or done with its turn.
+    /// Whether the agent waits for input: idle, done or failed.
     pub fn is_ready(self) -> bool {
-        matches!(self, Self::Idle | Self::Done)
+        matches!(self, Self::Idle | Self::Done | Self::Error)
     }
 }
 
@@ -57,8 +63,11 @@ impl vt100::Callbacks for Callbacks {
     fn unhandled_osc(&mut self, _: &mut vt100::Screen, params: &[&[u8]]) {
         match params {
             [b"7501", fields @ ..] => {
-                for field in fields {
-                    if let Some(activity) = field.strip_prefix(b"state=").and_then(Activity::parse)
+                // Attributes are `key=value`, joined by `:` (and `;`).
+                let attributes = fields.iter().flat_map(|f| f.split(|&b| b == b':'));
+                for attribute in attributes {
+                    if let Some(activity) =
+                        attribute.strip_prefix(b"state=").and_then(Activity::parse)
                     {
                         self.effects.activity = Some(activity);
                     }
@@ -298,11 +307,15 @@ pub fn escape_html_into(out: &mut String, text: &str) {
 }
 
 /// Strips terminal escape sequences from a stream, keeping the text, tabs
-/// and newlines. Stateful, so a sequence split across chunks is still
-/// removed whole.
+/// and newlines. Full-screen programs place text with cursor movements
+/// rather than spaces and newlines, so the filter follows the cursor: a
+/// move right on the same row becomes spaces, a move to another row a
+/// newline, and the words stay apart. Stateful, so a sequence split across
+/// chunks is still removed whole.
 #[derive(Default)]
 pub struct TextFilter {
     parser: vte::Parser,
+    cursor: Cursor,
 }
 
 impl std::fmt::Debug for TextFilter {
@@ -311,18 +324,99 @@ impl std::fmt::Debug for TextFilter {
     }
 }
 
-struct TextSink<'a>(&'a mut Vec<u8>);
+/// Where the filter believes the cursor is (0-based), from what it printed
+/// and the movements it saw.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cursor {
+    row: u32,
+    col: u32,
+}
+
+struct TextSink<'a> {
+    out: &'a mut Vec<u8>,
+    cursor: &'a mut Cursor,
+}
+
+/// A screen is narrow: never turn one movement into more spaces than this.
+const MAX_GAP: u32 = 512;
+
+impl TextSink<'_> {
+    fn newline(&mut self) {
+        if !matches!(self.out.last(), None | Some(b'\n')) {
+            self.out.push(b'\n');
+        }
+    }
+
+    /// Moves to (`row`, `col`), writing what separates the text there from
+    /// the text before.
+    fn move_to(&mut self, row: u32, col: u32) {
+        if row != self.cursor.row {
+            self.newline();
+            self.out
+                .extend(std::iter::repeat_n(b' ', col.min(MAX_GAP) as usize));
+        } else if col > self.cursor.col {
+            let gap = (col - self.cursor.col).min(MAX_GAP);
+            self.out.extend(std::iter::repeat_n(b' ', gap as usize));
+        } else if col < self.cursor.col {
+            // Back over text already written: keep it on its own line.
+            self.newline();
+        }
+        *self.cursor = Cursor { row, col };
+    }
+}
 
 impl vte::Perform for TextSink<'_> {
     fn print(&mut self, c: char) {
         let mut utf8 = [0; 4];
-        self.0
+        self.out
             .extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        self.cursor.col = self.cursor.col.saturating_add(1);
     }
 
     fn execute(&mut self, byte: u8) {
-        if matches!(byte, b'\n' | b'\t') {
-            self.0.push(byte);
+        match byte {
+            b'\n' => {
+                self.out.push(b'\n');
+                self.cursor.row = self.cursor.row.saturating_add(1);
+                self.cursor.col = 0;
+            }
+            b'\r' => self.cursor.col = 0,
+            b'\t' => {
+                self.out.push(b'\t');
+                self.cursor.col = (self.cursor.col / 8 + 1) * 8;
+            }
+            _ => {}
+        }
+    }
+
+    fn csi_dispatch(
+        &mut self,
+        params: &vte::Params,
+        intermediates: &[u8],
+        _ignore: bool,
+        action: char,
+    ) {
+        if !intermediates.is_empty() {
+            return;
+        }
+        let mut values = params
+            .iter()
+            .map(|p| u32::from(p.first().copied().unwrap_or(0)));
+        let first = values.next().unwrap_or(0);
+        let second = values.next().unwrap_or(0);
+        let n = first.max(1);
+        let Cursor { row, col } = *self.cursor;
+        match action {
+            'C' => self.move_to(row, col.saturating_add(n)),
+            'D' => self.move_to(row, col.saturating_sub(n)),
+            'B' => self.move_to(row.saturating_add(n), col),
+            'A' => self.move_to(row.saturating_sub(n), col),
+            'E' => self.move_to(row.saturating_add(n), 0),
+            'F' => self.move_to(row.saturating_sub(n), 0),
+            'G' | '`' => self.move_to(row, n - 1),
+            'd' => self.move_to(n - 1, col),
+            'H' | 'f' => self.move_to(n - 1, second.max(1) - 1),
+            _ => {}
         }
     }
 }
@@ -330,7 +424,11 @@ impl vte::Perform for TextSink<'_> {
 impl TextFilter {
     pub fn filter(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(bytes.len());
-        self.parser.advance(&mut TextSink(&mut out), bytes);
+        let mut sink = TextSink {
+            out: &mut out,
+            cursor: &mut self.cursor,
+        };
+        self.parser.advance(&mut sink, bytes);
         out
     }
 }
@@ -344,8 +442,12 @@ mod tests {
         let mut term = Terminal::new(24, 80);
         let effects = term.process(b"hi\x1b]7501;state=working\x07there");
         assert_eq!(effects.activity, Some(Activity::Working));
-        let effects = term.process(b"\x1b]7501;state=idle\x1b\\");
+        let effects = term.process(b"\x1b]7501;state=idle:app=codex\x1b\\");
         assert_eq!(effects.activity, Some(Activity::Idle));
+        let effects = term.process(b"\x1b]7501;state=done:app=codex\x1b\\x");
+        assert_eq!(effects.activity, Some(Activity::Done));
+        let effects = term.process(b"\x1b]7501;state=clear:app=codex\x1b\\");
+        assert_eq!(effects.activity, Some(Activity::Unknown));
         assert!(term.text().starts_with("hithere"));
     }
 
@@ -378,5 +480,12 @@ mod tests {
         let mut out = filter.filter(b"a\x1b[3");
         out.extend(filter.filter(b"1mb\x1b]0;title\x07c\r\n"));
         assert_eq!(out, b"abc\n");
+    }
+
+    #[test]
+    fn text_filter_keeps_words_apart() {
+        let mut filter = TextFilter::default();
+        let out = filter.filter(b"\x1b[3;1HAll\x1b[1Cdone:\x1b[3;11Hcreated\x1b[4;3Hnext");
+        assert_eq!(String::from_utf8_lossy(&out), "All done: created\n  next");
     }
 }

@@ -62,12 +62,16 @@ impl Follower {
         }
     }
 
+    /// Reads until `needle` has arrived; keeps only what follows it. Holds
+    /// at most one chunk plus a needle's length, however much streams by.
     async fn wait_for(&mut self, needle: &[u8]) {
         loop {
             if let Some(at) = self.seen.windows(needle.len()).position(|w| w == needle) {
                 self.seen.drain(..at + needle.len());
                 return;
             }
+            let keep = needle.len().saturating_sub(1).min(self.seen.len());
+            self.seen.drain(..self.seen.len() - keep);
             let chunk = self
                 .stream
                 .next()
@@ -160,7 +164,7 @@ async fn start_to_first_byte(runner: &AgentRunner, mcp: &Mcp) -> Vec<Duration> {
     for _ in 0..STARTS {
         let began = Instant::now();
         let info = mcp.call("start", json!({})).await.ok();
-        let session = info["session"].as_u64().unwrap();
+        let session = info["session"].as_u64().expect("session id");
         let mut follower = Follower::open(runner, &format!("&session={session}")).await;
         follower.first_byte().await;
         times.push(began.elapsed());

@@ -5,6 +5,7 @@
 //! restarts), and MCP/HTTP clients for the runner.
 
 pub mod client;
+pub mod codex;
 pub mod fixture;
 pub mod guest;
 pub mod libnfs;

@@ -1,0 +1,123 @@
+//! The real codex CLI for the tests: its binary (installed from npm by
+//! `integration/run-tests`), a `CODEX_HOME` that runs it unattended, and the
+//! scripted mock of the Responses API it talks to (`codex/mock-responses.py`).
+//! See `integration/codex/README.md` for why each setting is there.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The native codex binary: `$CODEX_BIN`, set by `integration/run-tests`.
+pub fn codex_bin() -> PathBuf {
+    let bin = std::env::var_os("CODEX_BIN")
+        .map(PathBuf::from)
+        .expect("CODEX_BIN is not set: run the tests with integration/run-tests, which installs @openai/codex");
+    assert!(bin.exists(), "CODEX_BIN {} does not exist", bin.display());
+    bin
+}
+
+/// Writes `home/config.toml`: the mock as the only model provider, no
+/// approvals, no sandbox, no network features, `worktree` trusted.
+pub fn write_codex_home(home: &Path, mock_port: u16, worktree: &Path) {
+    std::fs::create_dir_all(home).expect("CODEX_HOME");
+    let worktree = worktree
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    let config = format!(
+        r#"model = "mock-model"
+model_provider = "mock"
+approval_policy = "never"
+sandbox_mode = "danger-full-access"
+check_for_update_on_startup = false
+
+[model_providers.mock]
+name = "Mock"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+wire_api = "responses"
+requires_openai_auth = false
+request_max_retries = 0
+stream_max_retries = 0
+
+[projects."{worktree}"]
+trust_level = "trusted"
+
+[features]
+plugins = false
+apps = false
+remote_plugin = false
+tool_suggest = false
+daemon_auto_start = false
+
+[analytics]
+enabled = false
+
+[feedback]
+enabled = false
+
+[notice]
+hide_full_access_warning = true
+
+[tui]
+show_tooltips = false
+screen_reader_detection_done = true
+"#
+    );
+    std::fs::write(home.join("config.toml"), config).expect("config.toml");
+}
+
+/// The scripted Responses API on 127.0.0.1.
+pub struct MockResponses {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl MockResponses {
+    /// Starts the mock with `script` (see the top of `mock-responses.py`);
+    /// its script and request log live in `dir`.
+    pub fn start(script: &serde_json::Value, dir: &Path) -> Self {
+        let script_path = dir.join("mock-script.json");
+        std::fs::write(&script_path, script.to_string()).expect("mock script");
+        let log = dir.join("mock-requests.jsonl");
+        let mut child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("codex/mock-responses.py"))
+            .args(["--port", "0", "--script"])
+            .arg(&script_path)
+            .arg("--log")
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mock-responses.py");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines
+            .next()
+            .expect("mock exited before listening")
+            .expect("mock output");
+        let port = first
+            .strip_prefix("listening ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from the mock: {first:?}"));
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, port, log }
+    }
+
+    /// The request bodies codex sent, in order.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for MockResponses {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,147 @@
+//! The real codex CLI (npm `@openai/codex`) in agent-runner, against the
+//! scripted Responses API mock: its full-screen TUI is driven through the
+//! MCP tools only, and what it did is checked on disk, on `/live`, on
+//! `/screen` and in the requests the mock received.
+
+use std::time::{Duration, Instant};
+
+use integration::codex::{MockResponses, codex_bin, write_codex_home};
+use integration::runner::{AgentRunner, process_state};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("git");
+    assert!(status.success(), "git {args:?}");
+}
+
+async fn wait_for_screen(runner: &AgentRunner, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let screen = runner.get_text("/screen").await;
+        if screen.contains(needle) {
+            return screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared on the screen:\n{screen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_tui_driven_through_mcp_makes_the_file_and_survives_ctrl_z() {
+    // Not under /tmp: codex refuses to put its helpers in a temp dir.
+    let dir = tempfile::Builder::new()
+        .prefix("codex-test-")
+        .tempdir_in(integration::target_dir())
+        .unwrap();
+    let worktree = dir.path().join("work");
+    std::fs::create_dir(&worktree).unwrap();
+    git(&worktree, &["init", "-q", "-b", "main"]);
+    std::fs::write(worktree.join("README.md"), "a project\n").unwrap();
+    git(&worktree, &["add", "."]);
+    git(&worktree, &["commit", "-q", "-m", "start"]);
+
+    let mock = MockResponses::start(
+        &json!([
+            [{"shell": ["bash", "-lc", "echo hi > made-by-codex.txt"]}],
+            [{"message": "All done: created the file."}],
+            [{"message": "Second answer, after the Ctrl+Z."}],
+        ]),
+        dir.path(),
+    );
+    let home = dir.path().join("codex-home");
+    write_codex_home(&home, mock.port, &worktree);
+    let captures = dir.path().join("captures");
+    std::fs::create_dir(&captures).unwrap();
+    let runner = AgentRunner::start(
+        &codex_bin(),
+        &captures,
+        &["--cwd", worktree.to_str().unwrap()],
+    );
+    let mcp = runner.mcp().await;
+
+    let info = mcp
+        .call(
+            "start",
+            json!({"env": {"CODEX_HOME": home.to_str().unwrap()}}),
+        )
+        .await
+        .ok();
+    let pid = info["pid"].as_u64().unwrap();
+    assert!(
+        info["command"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--no-daemon")),
+        "{info}"
+    );
+
+    // Typed like a person (as a bracketed paste, since codex asks for it),
+    // once codex says it is idle; Enter as its own keystroke.
+    let typed = mcp
+        .call(
+            "message",
+            json!({"text": "Please create made-by-codex.txt", "wait_idle_seconds": 60}),
+        )
+        .await
+        .ok();
+    assert_eq!(typed["bracketed_paste"], true, "{typed}");
+
+    let file = worktree.join("made-by-codex.txt");
+    let deadline = Instant::now() + WAIT;
+    while !file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "codex never ran the shell call; screen:\n{}",
+            runner.get_text("/screen").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "hi\n");
+    wait_for_screen(&runner, "All done: created the file.").await;
+    runner
+        .wait_for_output("All done: created the file.", WAIT)
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let health = runner.healthz().await;
+        if health["agent"]["activity"] == "done" || health["agent"]["activity"] == "idle" {
+            assert_eq!(health["busy"], false);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Ctrl+Z inside a message: removed, codex neither stops nor leaves its
+    // screen, and it answers the rest of the message.
+    let typed = mcp
+        .call(
+            "message",
+            json!({"text": "next\u{1a} question", "wait_idle_seconds": 60}),
+        )
+        .await
+        .ok();
+    assert_eq!(typed["dropped"].as_array().unwrap().len(), 1, "{typed}");
+    wait_for_screen(&runner, "Second answer, after the Ctrl+Z.").await;
+    assert_ne!(process_state(pid), Some('T'));
+    let health = runner.healthz().await;
+    assert_eq!(health["agent"]["state"], "running");
+    assert_eq!(
+        health["agent"]["resumed_after_stop"], 0,
+        "no stop ever happened"
+    );
+    let requests = serde_json::to_string(&mock.requests()).unwrap();
+    assert!(requests.contains("Please create made-by-codex.txt"));
+    assert!(requests.contains("next question"), "the text arrived whole");
+    assert!(!requests.contains("\\u001a"), "no Ctrl+Z reached the model");
+}
