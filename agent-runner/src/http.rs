@@ -408,10 +408,10 @@ fn capture_stream(
             match reader.next_chunk().await {
                 Ok(Some(chunk)) => {
                     let chunk = match filter.as_mut() {
-                        Some(filter) => filter.filter(&chunk),
+                        Some(filter) => Bytes::from(filter.filter(&chunk)),
                         None => chunk,
                     };
-                    Some((Ok(Bytes::from(chunk)), (reader, filter, guard)))
+                    Some((Ok(chunk), (reader, filter, guard)))
                 }
                 Ok(None) => None,
                 Err(e) => Some((Err(e), (reader, filter, guard))),

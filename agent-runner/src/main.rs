@@ -127,10 +127,10 @@ fn runner_config(agent: AgentArgs, public_url: String) -> anyhow::Result<Config>
     std::fs::create_dir_all(&capture_dir)
         .with_context(|| format!("creating the capture dir {}", capture_dir.display()))?;
     let mut args = agent.args;
-    let is_codex = std::path::Path::new(&agent.command)
-        .file_name()
-        .is_some_and(|n| n == "codex");
-    if is_codex && !agent.no_codex_defaults && !args.iter().any(|a| a == "--no-daemon") {
+    if agent_runner::runner::is_codex(&agent.command)
+        && !agent.no_codex_defaults
+        && !args.iter().any(|a| a == "--no-daemon")
+    {
         // Otherwise codex leaves a background server running outside the pty.
         args.insert(0, "--no-daemon".to_owned());
     }

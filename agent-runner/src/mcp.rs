@@ -75,7 +75,7 @@ fn tool_error(error: &RunnerError) -> CallToolResult {
         RunnerError::UnknownKey(_) => "unknown_key",
         RunnerError::NotIdle(_) => "not_idle",
         RunnerError::WriteTimeout(_) | RunnerError::Write(_) => "write_failed",
-        RunnerError::Spawn(_) => "spawn_failed",
+        RunnerError::Spawn(_) | RunnerError::CodexHomeOnNfs(_) => "spawn_failed",
         RunnerError::ShuttingDown => "shutting_down",
         RunnerError::NoCapture(_) | RunnerError::NoSessions | RunnerError::CaptureDir(_) => {
             "no_capture"

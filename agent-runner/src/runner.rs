@@ -96,6 +96,11 @@ pub enum RunnerError {
     CaptureDir(std::io::Error),
     #[error("the runner is shutting down")]
     ShuttingDown,
+    #[error(
+        "CODEX_HOME {0} is on NFS; codex keeps SQLite databases in WAL mode there, \
+         which need local locking: set CODEX_HOME to a directory on local disk"
+    )]
+    CodexHomeOnNfs(PathBuf),
 }
 
 /// A session as the tools and `/healthz` describe it.
@@ -182,6 +187,12 @@ impl Runner {
             .map_err(RunnerError::CaptureDir)?
             .unwrap_or(0);
         let id = on_disk.max(current.as_ref().map_or(0, |s| s.id())) + 1;
+        if is_codex(&self.config.program) {
+            let home = codex_home(&request.env);
+            if home.as_deref().is_some_and(on_nfs) {
+                return Err(RunnerError::CodexHomeOnNfs(home.unwrap_or_default()));
+            }
+        }
         let mut args = self.config.args.clone();
         args.extend(request.args);
         let spec = Spec {
@@ -337,6 +348,30 @@ impl Runner {
         let info = session.stop(self.config.stop_grace).await;
         Some(info)
     }
+}
+
+/// Whether `program` is the codex CLI (by file name).
+pub fn is_codex(program: &str) -> bool {
+    std::path::Path::new(program)
+        .file_name()
+        .is_some_and(|name| name == "codex")
+}
+
+/// The `CODEX_HOME` the agent will use: the session's environment, the
+/// runner's, or codex's default `~/.codex`.
+fn codex_home(env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    env.get("CODEX_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("CODEX_HOME").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".codex")))
+}
+
+/// Whether `path` (or, before codex creates it, its nearest existing
+/// ancestor) is on an NFS mount.
+fn on_nfs(path: &std::path::Path) -> bool {
+    path.ancestors()
+        .find_map(|p| rustix::fs::statfs(p).ok())
+        .is_some_and(|fs| fs.f_type == rustix::fs::NFS_SUPER_MAGIC)
 }
 
 /// Decrements the follower count when a `/live?follow=1` reader leaves.

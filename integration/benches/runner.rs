@@ -116,14 +116,39 @@ async fn message_round_trips(runner: &AgentRunner, mcp: &Mcp) -> Vec<Duration> {
     times
 }
 
+/// Runs a Python peer script and returns the durations (ns) it prints.
+fn python_peer(script: &str) -> Vec<Duration> {
+    // A version manager's `python3` (pyenv) puts its own bin first on the
+    // PATH of what it runs; the agent must find the same Python the
+    // runner's agent finds, so the peer restores the bench's PATH.
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("PEER_PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "peer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut times: Vec<Duration> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .map(Duration::from_nanos)
+        .collect();
+    times.sort();
+    times
+}
+
 /// The peer: the same agent in a bare pty, typed to and read by Python.
 fn pty_peer_round_trips() -> Vec<Duration> {
-    let script = format!(
+    python_peer(&format!(
         r#"
 import os, pty, sys, time
 pid, fd = pty.fork()
 if pid == 0:
-    os.execv("{agent}", ["{agent}"])
+    os.execve("{agent}", ["{agent}"], {{**os.environ, "PATH": os.environ["PEER_PATH"]}})
 buf = b""
 def wait_for(needle):
     global buf
@@ -143,20 +168,28 @@ os.write(fd, b"exit\r")
 "#,
         agent = integration::runner::repl_agent().display(),
         n = ROUND_TRIPS
-    );
-    let output = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("python3");
-    assert!(output.status.success(), "peer failed");
-    let mut times: Vec<Duration> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .map(Duration::from_nanos)
-        .collect();
-    times.sort();
-    times
+    ))
+}
+
+/// The peer of a start: fork the agent onto a bare pty, read its first byte.
+fn pty_peer_starts() -> Vec<Duration> {
+    python_peer(&format!(
+        r#"
+import os, pty, time
+for _ in range({n}):
+    t = time.perf_counter()
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve("{agent}", ["{agent}"], {{**os.environ, "PATH": os.environ["PEER_PATH"]}})
+    os.read(fd, 1)
+    print(int((time.perf_counter() - t) * 1e9))
+    os.write(fd, b"exit\r")
+    os.waitpid(pid, 0)
+    os.close(fd)
+"#,
+        agent = integration::runner::repl_agent().display(),
+        n = STARTS
+    ))
 }
 
 async fn start_to_first_byte(runner: &AgentRunner, mcp: &Mcp) -> Vec<Duration> {
@@ -234,6 +267,7 @@ async fn main() {
     message(&mcp, "exit").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let starts = start_to_first_byte(&runner, &mcp).await;
+    let peer_starts = pty_peer_starts();
 
     let mb = size as f64 / 1e6;
     let rate = |d: Duration| format!("{:.0} MB/s", mb / d.as_secs_f64());
@@ -249,10 +283,14 @@ async fn main() {
             a.as_secs_f64() / b.as_secs_f64()
         );
     }
+    let (a, b) = (percentile(&starts, 0.5), percentile(&peer_starts, 0.5));
     println!(
-        "| start → agent's first byte on a follower, p50 / p99 | {} / {} | | |",
-        ms(percentile(&starts, 0.5)),
-        ms(percentile(&starts, 0.99))
+        "| start → agent's first byte on a follower, p50 (p99) | {} ({}) | {} ({}) (fork onto a bare pty, Python) | {:.2}x |",
+        ms(a),
+        ms(percentile(&starts, 0.99)),
+        ms(b),
+        ms(percentile(&peer_starts, 0.99)),
+        a.as_secs_f64() / b.as_secs_f64()
     );
     let (d, r) = (percentile(&downloads, 0.5), percentile(&reads, 0.5));
     println!(
