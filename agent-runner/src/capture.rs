@@ -146,9 +146,12 @@ impl Capture {
     }
 }
 
-/// Bytes read per chunk: large enough that HTTP framing and task wakeups
-/// are a small share of a download.
-const READ_CHUNK: usize = 256 * 1024;
+/// Bytes read per chunk of a download: large enough that HTTP framing and
+/// task wakeups are a small share of it.
+const DOWNLOAD_CHUNK: usize = 256 * 1024;
+/// Per chunk when following: what one follower may hold in flight, so
+/// hundreds of them stay cheap.
+const FOLLOW_CHUNK: usize = 64 * 1024;
 
 /// Where a [`CaptureReader`] stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +200,10 @@ impl CaptureReader {
             }
             let want = usize::try_from(available)
                 .unwrap_or(usize::MAX)
-                .min(READ_CHUNK);
+                .min(match self.end {
+                    ReadEnd::At(_) => DOWNLOAD_CHUNK,
+                    ReadEnd::Follow => FOLLOW_CHUNK,
+                });
             self.buf.clear();
             self.buf.reserve(want);
             let n = (&mut self.file)

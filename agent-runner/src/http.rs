@@ -92,6 +92,7 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
                 .into_response();
         }
     }
+    state.runner.touch();
     next.run(request).await
 }
 

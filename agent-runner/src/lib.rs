@@ -5,11 +5,12 @@
 //! ([`capture`]) and on a rendered screen ([`terminal`]), and offers MCP
 //! tools to start it and type into it ([`mcp`], [`runner`]) next to plain
 //! HTTP endpoints to watch it ([`http`]). What a message may type is
-//! decided in [`keys`].
+//! decided in [`keys`]; when the machine may be given back, in [`idle`].
 
 pub mod capture;
 pub mod config;
 pub mod http;
+pub mod idle;
 pub mod keys;
 pub mod mcp;
 pub mod runner;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use agent_runner::http::{self, Access};
+use agent_runner::idle::{self, IdleAction, IdlePolicy, MachineApi};
 use agent_runner::mcp::RunnerTools;
 use agent_runner::runner::{Config, Runner};
 
@@ -99,6 +100,64 @@ struct HttpArgs {
     /// Base URL reported for /live (default: from the listen address).
     #[arg(long)]
     public_url: Option<String>,
+    #[command(flatten)]
+    idle: IdleArgs,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    /// Give the machine back after this many seconds without work (agent
+    /// not working, no /live follower, no output, no request but
+    /// /healthz). Default on a Fly machine: 900; elsewhere off. 0: off.
+    #[arg(long, env = "AGENT_RUNNER_IDLE_AFTER")]
+    idle_after: Option<u64>,
+    /// What to do with the machine when idle.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "suspend",
+        env = "AGENT_RUNNER_IDLE_ACTION"
+    )]
+    idle_action: IdleAction,
+    /// The local Machines API socket.
+    #[arg(
+        long,
+        default_value = "/.fly/api",
+        env = "AGENT_RUNNER_MACHINES_API_SOCKET"
+    )]
+    machines_api_socket: PathBuf,
+}
+
+/// Fly's default idle time, when the runner runs on a Fly machine.
+const FLY_IDLE_AFTER_SECS: u64 = 900;
+
+impl IdleArgs {
+    /// The policy, if it applies: it needs the app and machine ids Fly sets.
+    fn policy(&self) -> anyhow::Result<Option<IdlePolicy>> {
+        let app = std::env::var("FLY_APP_NAME").ok().filter(|v| !v.is_empty());
+        let machine = std::env::var("FLY_MACHINE_ID")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let after = match (self.idle_after, &app) {
+            (Some(0), _) | (None, None) => return Ok(None),
+            (Some(secs), _) => secs,
+            (None, Some(_)) => FLY_IDLE_AFTER_SECS,
+        };
+        let (Some(app), Some(machine)) = (app, machine) else {
+            anyhow::bail!(
+                "--idle-after needs FLY_APP_NAME and FLY_MACHINE_ID (set on every Fly machine)"
+            );
+        };
+        Ok(Some(IdlePolicy {
+            after: Duration::from_secs(after),
+            action: self.idle_action,
+            api: MachineApi {
+                socket: self.machines_api_socket.clone(),
+                app,
+                machine,
+            },
+        }))
+    }
 }
 
 #[tokio::main]
@@ -193,6 +252,7 @@ async fn serve(
         .clone()
         .or_else(|| local.map(default_public_url))
         .unwrap_or_default();
+    let idle_policy = http_args.idle.policy()?;
     let config = runner_config(agent, public_url)?;
     tracing::info!(capture_dir = %config.capture_dir.display(), command = %config.program, "agent-runner ready");
     let runner = Arc::new(Runner::new(config));
@@ -221,6 +281,13 @@ async fn serve(
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
                 .context("HTTP server")
+        });
+    }
+    if let Some(policy) = idle_policy {
+        let (runner, stop) = (runner.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            idle::run(runner, policy, stop).await;
+            Ok(())
         });
     }
     if stdio {

@@ -124,6 +124,8 @@ pub struct Runner {
     /// A cheap copy for readers that must not wait behind `start`.
     latest: std::sync::RwLock<Option<Arc<Session>>>,
     followers: AtomicUsize,
+    /// Requests and tool calls so far: the idle policy's sign of life.
+    requests: std::sync::atomic::AtomicU64,
     shutting_down: std::sync::atomic::AtomicBool,
 }
 
@@ -134,6 +136,7 @@ impl Runner {
             current: tokio::sync::Mutex::new(None),
             latest: std::sync::RwLock::new(None),
             followers: AtomicUsize::new(0),
+            requests: std::sync::atomic::AtomicU64::new(0),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -341,6 +344,15 @@ impl Runner {
         self.followers.load(Ordering::SeqCst)
     }
 
+    /// Records that someone used the runner (not `/healthz`).
+    pub fn touch(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     /// Stops the agent (if any) and refuses new sessions.
     pub async fn shutdown(&self) -> Option<ExitInfo> {
         self.shutting_down.store(true, Ordering::SeqCst);
@@ -380,6 +392,7 @@ pub struct FollowerGuard(Arc<Runner>);
 
 impl Drop for FollowerGuard {
     fn drop(&mut self) {
+        self.0.touch();
         self.0.followers.fetch_sub(1, Ordering::SeqCst);
     }
 }

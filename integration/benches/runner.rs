@@ -99,21 +99,26 @@ async fn message(mcp: &Mcp, text: &str) {
     mcp.call("message", json!({ "text": text })).await.ok();
 }
 
-async fn message_round_trips(runner: &AgentRunner, mcp: &Mcp) -> Vec<Duration> {
+/// Per round trip: (call → answer, returned → answer).
+async fn message_round_trips(runner: &AgentRunner, mcp: &Mcp) -> (Vec<Duration>, Vec<Duration>) {
     let mut follower = Follower::open(runner, "").await;
     follower.wait_for(b"repl-agent ready").await;
-    let mut times = Vec::with_capacity(ROUND_TRIPS);
+    let mut whole = Vec::with_capacity(ROUND_TRIPS);
+    let mut after_return = Vec::with_capacity(ROUND_TRIPS);
     for i in 0..ROUND_TRIPS {
         let token = format!("ping-{i:05}");
+        let called = Instant::now();
         message(mcp, &token).await;
         let returned = Instant::now();
         follower
             .wait_for(format!("got: '{token}'").as_bytes())
             .await;
-        times.push(returned.elapsed());
+        whole.push(called.elapsed());
+        after_return.push(returned.elapsed());
     }
-    times.sort();
-    times
+    whole.sort();
+    after_return.sort();
+    (whole, after_return)
 }
 
 /// Runs a Python peer script and returns the durations (ns) it prints.
@@ -158,10 +163,10 @@ def wait_for(needle):
 wait_for(b"repl-agent ready")
 for i in range({n}):
     token = "ping-%05d" % i
+    t = time.perf_counter()
     os.write(fd, token.encode())
     time.sleep(0.02)
     os.write(fd, b"\r")
-    t = time.perf_counter()
     wait_for(("got: '%s'" % token).encode())
     print(int((time.perf_counter() - t) * 1e9))
 os.write(fd, b"exit\r")
@@ -220,7 +225,7 @@ async fn main() {
     let rss_idle = rss_kib(runner.pid());
 
     mcp.call("start", json!({})).await.ok();
-    let ours = message_round_trips(&runner, &mcp).await;
+    let (ours, after_return) = message_round_trips(&runner, &mcp).await;
     let peer = pty_peer_round_trips();
 
     // Throughput and RSS with 50 followers while the agent prints ~28 MB.
@@ -277,12 +282,17 @@ async fn main() {
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         let (a, b) = (percentile(&ours, p), percentile(&peer, p));
         println!(
-            "| message returned → answer on /live?follow=1, {name} | {} | {} (bare pty, Python) | {:.2}x |",
+            "| message called → answer on /live?follow=1 (20 ms Enter delay included), {name} | {} | {} (bare pty: write, 20 ms, Enter, read) | {:.2}x |",
             ms(a),
             ms(b),
             a.as_secs_f64() / b.as_secs_f64()
         );
     }
+    println!(
+        "| message returned → answer on the follower, p50 (p99) | {} ({}) | | |",
+        ms(percentile(&after_return, 0.5)),
+        ms(percentile(&after_return, 0.99))
+    );
     let (a, b) = (percentile(&starts, 0.5), percentile(&peer_starts, 0.5));
     println!(
         "| start → agent's first byte on a follower, p50 (p99) | {} ({}) | {} ({}) (fork onto a bare pty, Python) | {:.2}x |",

@@ -29,12 +29,23 @@ impl AgentRunner {
     /// Starts a runner for `command` with its captures in `capture_dir`
     /// and extra flags.
     pub fn start(command: &Path, capture_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(command, capture_dir, extra, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables for the runner.
+    pub fn start_with_env(
+        command: &Path,
+        capture_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(crate::workspace_bin("agent-runner"))
             .args(["serve", "--listen", "127.0.0.1:0", "--command"])
             .arg(command)
             .arg("--capture-dir")
             .arg(capture_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,rmcp=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
