@@ -1,4 +1,5 @@
-//! The MCP face of the runner: the `start`, `message` and `key` tools.
+//! The MCP face of the runner: the `start`, `message`, `key` and `stop`
+//! tools.
 //!
 //! Runner errors are tool errors (`isError: true` with the reason as text
 //! and structured content), not protocol errors: the calling agent reads
@@ -41,6 +42,13 @@ pub struct MessageArgs {
     /// Wait until the agent reports it is idle before typing, up to this
     /// many seconds (agents that emit OSC 7501 markers, such as codex).
     pub wait_idle_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+pub struct StopArgs {
+    /// Seconds between SIGTERM and SIGKILL (default: the runner's
+    /// `--stop-grace-secs`).
+    pub grace_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -140,6 +148,17 @@ impl RunnerTools {
     async fn key(&self, Parameters(args): Parameters<KeyArgs>) -> CallToolResult {
         tool_result(self.runner.key(&args.key).await)
     }
+
+    #[tool(
+        description = "Stop the running agent (SIGTERM, then SIGKILL after the grace period). Its output stays at /live; `start` begins a new session."
+    )]
+    async fn stop(&self, Parameters(args): Parameters<StopArgs>) -> CallToolResult {
+        let grace = args
+            .grace_seconds
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(3600.0)));
+        tool_result(self.runner.stop(grace).await)
+    }
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -152,7 +171,7 @@ impl ServerHandler for RunnerTools {
             ))
             .with_instructions(
                 "Runs one coding agent in a terminal. `start` launches it, `message` types \
-                 to it, `key` sends ctrl-c/escape/enter on purpose. Its output is at GET /live \
+                 to it, `key` sends ctrl-c/escape/enter on purpose, `stop` ends it. Its output is at GET /live \
                  (raw), /live?format=text, and /screen (the rendered screen).",
             )
     }

@@ -353,6 +353,19 @@ impl Runner {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Stops the running agent: SIGTERM to its process group, SIGKILL after
+    /// `grace` (default: the runner's). Its capture stays.
+    pub async fn stop(&self, grace: Option<Duration>) -> Result<SessionInfo, RunnerError> {
+        let session = self.running()?;
+        let info = session.stop(grace.unwrap_or(self.config.stop_grace)).await;
+        tracing::info!(
+            session = session.id(),
+            "stopped on request: {}",
+            info.description
+        );
+        Ok(self.describe(&session))
+    }
+
     /// Stops the agent (if any) and refuses new sessions.
     pub async fn shutdown(&self) -> Option<ExitInfo> {
         self.shutting_down.store(true, Ordering::SeqCst);

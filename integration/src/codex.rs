@@ -16,55 +16,25 @@ pub fn codex_bin() -> PathBuf {
     bin
 }
 
-/// Writes `home/config.toml`: the mock as the only model provider, no
+/// Writes `home/config.toml` with the script the Fly image uses
+/// (`fly/agent-runner/write-codex-config`), pointed at the mock: no
 /// approvals, no sandbox, no network features, `worktree` trusted.
 pub fn write_codex_home(home: &Path, mock_port: u16, worktree: &Path) {
     std::fs::create_dir_all(home).expect("CODEX_HOME");
-    let worktree = worktree
-        .display()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"");
-    let config = format!(
-        r#"model = "mock-model"
-model_provider = "mock"
-approval_policy = "never"
-sandbox_mode = "danger-full-access"
-check_for_update_on_startup = false
-
-[model_providers.mock]
-name = "Mock"
-base_url = "http://127.0.0.1:{mock_port}/v1"
-wire_api = "responses"
-requires_openai_auth = false
-request_max_retries = 0
-stream_max_retries = 0
-
-[projects."{worktree}"]
-trust_level = "trusted"
-
-[features]
-plugins = false
-apps = false
-remote_plugin = false
-tool_suggest = false
-daemon_auto_start = false
-
-[analytics]
-enabled = false
-
-[feedback]
-enabled = false
-
-[notice]
-hide_full_access_warning = true
-
-[tui]
-show_tooltips = false
-screen_reader_detection_done = true
-"#
-    );
-    std::fs::write(home.join("config.toml"), config).expect("config.toml");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fly/agent-runner/write-codex-config");
+    let status = Command::new(script)
+        .arg(home.join("config.toml"))
+        .arg(worktree)
+        .env("CODEX_MODEL", "mock-model")
+        .env(
+            "CODEX_PROVIDER_URL",
+            format!("http://127.0.0.1:{mock_port}/v1"),
+        )
+        .env("CODEX_API_KEY_ENV", "")
+        .status()
+        .expect("running write-codex-config");
+    assert!(status.success(), "write-codex-config failed");
 }
 
 /// The scripted Responses API on 127.0.0.1.

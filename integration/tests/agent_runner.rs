@@ -23,7 +23,7 @@ async fn start_message_and_answer() {
     let dir = tempfile::tempdir().unwrap();
     let runner = AgentRunner::repl(dir.path());
     let mcp = runner.mcp().await;
-    assert_eq!(mcp.tool_names().await, ["key", "message", "start"]);
+    assert_eq!(mcp.tool_names().await, ["key", "message", "start", "stop"]);
 
     let info = mcp
         .call("start", json!({"rows": 30, "cols": 100}))
@@ -513,4 +513,23 @@ async fn message_waits_for_idle() {
     let typed_at = text.find("got: 'after sleeping'").unwrap();
     assert!(slept < typed_at, "typed only once the agent was idle");
     assert!(!text.contains("too soon"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_tool_ends_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = AgentRunner::repl(dir.path());
+    let mcp = runner.mcp().await;
+    assert_eq!(
+        mcp.call("stop", json!({})).await.err()["error"],
+        "not_started"
+    );
+    let (mcp, pid) = started(&runner).await;
+    let stopped = mcp.call("stop", json!({"grace_seconds": 5})).await.ok();
+    assert_eq!(stopped["state"], "exited", "{stopped}");
+    assert_eq!(stopped["exit"]["signal"], 15, "SIGTERM was enough");
+    assert_eq!(process_state(pid), None);
+    assert_eq!(mcp.call("stop", json!({})).await.err()["error"], "exited");
+    let again = mcp.call("start", json!({})).await.ok();
+    assert_eq!(again["session"], 2);
 }

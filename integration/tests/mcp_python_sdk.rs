@@ -52,8 +52,8 @@ async fn python_sdk_over_streamable_http() {
     assert_eq!(listed[0]["server"], "agent-runner");
     let tools = listed[0]["tools"].as_array().unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 3);
-    for name in ["start", "message", "key"] {
+    assert_eq!(names.len(), 4);
+    for name in ["start", "message", "key", "stop"] {
         assert!(names.contains(&name), "{names:?}");
     }
     let message = tools.iter().find(|t| t["name"] == "message").unwrap();
