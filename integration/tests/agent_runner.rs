@@ -62,9 +62,9 @@ async fn start_message_and_answer() {
         "{text}"
     );
 
-    // The markers tell /healthz the agent waits for input.
+    // The markers tell /healthz the agent answered and waits for input.
     let health = runner.healthz().await;
-    assert_eq!(health["agent"]["activity"], "idle", "{health}");
+    assert_eq!(health["agent"]["activity"], "done", "{health}");
     assert_eq!(health["busy"], false);
 }
 
@@ -507,7 +507,7 @@ async fn message_waits_for_idle() {
         )
         .await
         .ok();
-    assert_eq!(typed["activity"], "idle");
+    assert_eq!(typed["activity"], "done", "{typed}");
     let text = runner.wait_for_output("got: 'after sleeping'", WAIT).await;
     let slept = text.find("slept").unwrap();
     let typed_at = text.find("got: 'after sleeping'").unwrap();

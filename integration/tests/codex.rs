@@ -36,35 +36,57 @@ async fn wait_for_screen(runner: &AgentRunner, needle: &str) -> String {
     }
 }
 
+/// A git worktree, the mock model with `script`, a `CODEX_HOME` pointed at
+/// it and a captures folder, all in one temp dir (not under /tmp: codex
+/// refuses to put its helpers in a temp dir).
+struct CodexSetup {
+    /// Removed with the setup.
+    _dir: tempfile::TempDir,
+    worktree: std::path::PathBuf,
+    home: std::path::PathBuf,
+    captures: std::path::PathBuf,
+    mock: MockResponses,
+}
+
+impl CodexSetup {
+    fn new(script: serde_json::Value) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("codex-test-")
+            .tempdir_in(integration::target_dir())
+            .expect("temp dir");
+        let worktree = dir.path().join("work");
+        std::fs::create_dir(&worktree).expect("worktree");
+        git(&worktree, &["init", "-q", "-b", "main"]);
+        std::fs::write(worktree.join("README.md"), "a project\n").expect("README");
+        git(&worktree, &["add", "."]);
+        git(&worktree, &["commit", "-q", "-m", "start"]);
+        let mock = MockResponses::start(&script, dir.path());
+        let home = dir.path().join("codex-home");
+        write_codex_home(&home, mock.port, &worktree);
+        let captures = dir.path().join("captures");
+        std::fs::create_dir(&captures).expect("captures");
+        Self {
+            _dir: dir,
+            worktree,
+            home,
+            captures,
+            mock,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn codex_tui_driven_through_mcp_makes_the_file_and_survives_ctrl_z() {
-    // Not under /tmp: codex refuses to put its helpers in a temp dir.
-    let dir = tempfile::Builder::new()
-        .prefix("codex-test-")
-        .tempdir_in(integration::target_dir())
-        .unwrap();
-    let worktree = dir.path().join("work");
-    std::fs::create_dir(&worktree).unwrap();
-    git(&worktree, &["init", "-q", "-b", "main"]);
-    std::fs::write(worktree.join("README.md"), "a project\n").unwrap();
-    git(&worktree, &["add", "."]);
-    git(&worktree, &["commit", "-q", "-m", "start"]);
-
-    let mock = MockResponses::start(
-        &json!([
-            [{"shell": ["bash", "-lc", "echo hi > made-by-codex.txt"]}],
-            [{"message": "All done: created the file."}],
-            [{"message": "Second answer, after the Ctrl+Z."}],
-        ]),
-        dir.path(),
-    );
-    let home = dir.path().join("codex-home");
-    write_codex_home(&home, mock.port, &worktree);
-    let captures = dir.path().join("captures");
-    std::fs::create_dir(&captures).unwrap();
+    let setup = CodexSetup::new(json!([
+        [{"shell": ["bash", "-lc", "echo hi > made-by-codex.txt"]}],
+        [{"message": "All done: created the file."}],
+        [{"message": "Second answer, after the Ctrl+Z."}],
+    ]));
+    let (worktree, home, captures, mock) =
+        (&setup.worktree, &setup.home, &setup.captures, &setup.mock);
     let runner = AgentRunner::start(
         &codex_bin(),
-        &captures,
+        captures,
         &["--cwd", worktree.to_str().unwrap()],
     );
     let mcp = runner.mcp().await;
@@ -150,4 +172,36 @@ async fn codex_tui_driven_through_mcp_makes_the_file_and_survives_ctrl_z() {
     assert!(requests.contains("Please create made-by-codex.txt"));
     assert!(requests.contains("next question"), "the text arrived whole");
     assert!(!requests.contains("\\u001a"), "no Ctrl+Z reached the model");
+}
+
+/// The check Fly runs on a new image, with the real codex as the agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn smoke_check_passes_with_codex() {
+    let setup = CodexSetup::new(json!([[{"message": "Noted."}]]));
+    let (worktree, home, captures, mock) =
+        (&setup.worktree, &setup.home, &setup.captures, &setup.mock);
+    let runner = AgentRunner::start_with_env(
+        &codex_bin(),
+        captures,
+        &["--cwd", worktree.to_str().unwrap()],
+        &[("CODEX_HOME", home.to_str().unwrap())],
+    );
+    let output = std::process::Command::new(integration::workspace_bin("smoke-check"))
+        .args(["runner", &runner.base, "--timeout", "90"])
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{log}");
+    assert!(log.contains("message reached the agent"), "{log}");
+    let health = runner.healthz().await;
+    assert_eq!(health["agent"]["state"], "exited", "{health}");
+    let requests = serde_json::to_string(&mock.requests()).unwrap();
+    assert!(
+        requests.contains("a deployment check"),
+        "codex sent the message on"
+    );
 }

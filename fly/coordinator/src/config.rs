@@ -1,0 +1,416 @@
+//! The coordinator's configuration: the command line and the environment,
+//! checked once at startup into a [`Config`].
+//!
+//! The Fly API token is read from `FLY_API_TOKEN` or from `--token-file`,
+//! never from the command line (where `ps` would show it), and is held in a
+//! [`Secret`] whose `Debug` output is redacted, so no log line or error
+//! message that prints the configuration can leak it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use reqwest::Url;
+
+use crate::agents::{CpuKind, ENV_AGENT, ENV_MODE, ENV_REPO, RunnerSettings, Size, Timeouts};
+use crate::backoff::Backoff;
+
+/// Where the coordinator listens unless told otherwise; `fly.toml`'s
+/// `internal_port` must match (a test checks it).
+pub const DEFAULT_LISTEN: &str = "[::]:8080";
+/// The public Machines API.
+pub const DEFAULT_API_BASE: &str = "https://api.machines.dev";
+
+/// A credential. `Debug` shows `Secret(***)`; there is no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The credential itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `fly-coordinator`'s command line; every option can also come from the
+/// environment variable named in `--help`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fly-coordinator",
+    version,
+    args_override_self = true,
+    about = "Routes requests for a named agent to its Fly Machine, waking it first",
+    after_help = "The Fly API token comes from FLY_API_TOKEN or --token-file, never from the \
+                  command line. A deploy token for the runner app is enough: \
+                  fly tokens create deploy -a RUNNER_APP"
+)]
+pub struct Cli {
+    /// The Fly app whose machines run agent-runner.
+    #[arg(long, env = "RUNNER_APP")]
+    pub runner_app: String,
+    /// The image new agent machines run (registry.fly.io/RUNNER_APP:TAG).
+    #[arg(long, env = "RUNNER_IMAGE")]
+    pub runner_image: String,
+    /// The Machines API; from inside Fly's network http://_api.internal:4280
+    /// works too.
+    #[arg(long, env = "FLY_API_BASE", default_value = DEFAULT_API_BASE)]
+    pub api_base: Url,
+    /// A file holding the Fly API token; takes precedence over FLY_API_TOKEN.
+    #[arg(long, env = "FLY_API_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Address to listen on; `[::]` accepts IPv6 (Flycast, 6PN) and IPv4.
+    #[arg(long, env = "COORDINATOR_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Region for new agents' volumes and machines (default: the runner
+    /// app's primary region).
+    #[arg(long, env = "RUNNER_REGION")]
+    pub region: Option<String>,
+    /// Default CPU kind of an agent's machine.
+    #[arg(long, env = "RUNNER_CPU_KIND", value_enum, default_value_t = CpuKind::Shared)]
+    pub cpu_kind: CpuKind,
+    /// Default CPU count of an agent's machine.
+    #[arg(long, env = "RUNNER_CPUS", default_value_t = 2)]
+    pub cpus: u32,
+    /// Default memory of an agent's machine, in MB (a multiple of 256).
+    #[arg(long, env = "RUNNER_MEMORY_MB", default_value_t = 2048)]
+    pub memory_mb: u32,
+    /// Name of the volume each agent machine gets (one volume per machine,
+    /// all with this name: the runner app's `[mounts] source`).
+    #[arg(long, env = "RUNNER_VOLUME_NAME", default_value = "agent_data")]
+    pub volume_name: String,
+    #[arg(long, env = "RUNNER_VOLUME_SIZE_GB", default_value_t = 5)]
+    pub volume_size_gb: u32,
+    /// Where the volume is mounted in the runner (the worktrees' uppers).
+    #[arg(long, env = "RUNNER_MOUNT_PATH", default_value = "/data")]
+    pub mount_path: String,
+    /// The port agent-runner listens on inside its machine.
+    #[arg(long, env = "RUNNER_INTERNAL_PORT", default_value_t = 8080)]
+    pub runner_port: u16,
+    /// The runner service's port on the proxy. A replay is delivered to the
+    /// service on the port the original request came in on, so this must be
+    /// the port clients reach the coordinator on.
+    #[arg(long, env = "RUNNER_SERVICE_PORT", default_value_t = 80)]
+    pub service_port: u16,
+    /// Extra environment for agent machines, KEY=VALUE (repeatable; in the
+    /// environment variable, separated by ';'). Machines made through the
+    /// Machines API get none of the runner's fly.toml [env]: pass it here.
+    #[arg(long = "runner-env", env = "RUNNER_ENV", value_delimiter = ';', value_parser = parse_env_pair)]
+    pub runner_env: Vec<(String, String)>,
+    /// How long a routed request may wait for its agent's machine to start.
+    #[arg(long, env = "COORDINATOR_WAKE_TIMEOUT_SECS", default_value_t = 60)]
+    pub wake_timeout_secs: u64,
+    /// How long one management operation (create, update, release) may take.
+    #[arg(long, env = "COORDINATOR_API_TIMEOUT_SECS", default_value_t = 120)]
+    pub api_timeout_secs: u64,
+    /// Retries of a failed Machines API call (429, 5xx, connection errors).
+    #[arg(long, env = "COORDINATOR_API_RETRIES", default_value_t = 4)]
+    pub api_retries: u32,
+    /// The first retry's pause before jitter, in milliseconds; it doubles
+    /// with each retry.
+    #[arg(long, env = "COORDINATOR_RETRY_BASE_MS", default_value_t = 200)]
+    pub retry_base_ms: u64,
+    /// The longest pause between retries, in milliseconds (a longer
+    /// Retry-After from the API is honoured).
+    #[arg(long, env = "COORDINATOR_RETRY_CAP_MS", default_value_t = 5000)]
+    pub retry_cap_ms: u64,
+}
+
+/// Everything the coordinator needs, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub api_base: Url,
+    pub runner_app: String,
+    pub token: Secret,
+    pub backoff: Backoff,
+    pub runner: RunnerSettings,
+    pub timeouts: Timeouts,
+}
+
+/// Why the configuration was refused; returned by [`Config::from_cli`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("no Fly API token: set FLY_API_TOKEN or pass --token-file")]
+    NoToken,
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the token file {0} is empty")]
+    EmptyTokenFile(PathBuf),
+    #[error("invalid {what} {value:?}: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+impl Config {
+    /// Checks the command line; `env_token` is `FLY_API_TOKEN`'s value (a
+    /// parameter so tests need not touch the process environment).
+    pub fn from_cli(cli: Cli, env_token: Option<String>) -> Result<Self, ConfigError> {
+        let token = match &cli.token_file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(ConfigError::EmptyTokenFile(path.clone()));
+                }
+                Secret::new(token)
+            }
+            None => match env_token.map(|t| t.trim().to_owned()) {
+                Some(token) if !token.is_empty() => Secret::new(token),
+                _ => return Err(ConfigError::NoToken),
+            },
+        };
+        // The app name goes into Machines API paths and the fly-replay header.
+        check(
+            "runner app",
+            &cli.runner_app,
+            is_app_name(&cli.runner_app),
+            "use 1 to 63 of a-z, 0-9 and '-'",
+        )?;
+        check(
+            "runner image",
+            &cli.runner_image,
+            !cli.runner_image.is_empty() && !cli.runner_image.chars().any(char::is_whitespace),
+            "must be an image reference without spaces",
+        )?;
+        if let Some(region) = &cli.region {
+            check(
+                "region",
+                region,
+                !region.is_empty()
+                    && region
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                "use a Fly region code such as ams",
+            )?;
+        }
+        check(
+            "volume name",
+            &cli.volume_name,
+            (1..=30).contains(&cli.volume_name.len())
+                && cli
+                    .volume_name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "Fly volume names are 1 to 30 of a-z, 0-9 and '_'",
+        )?;
+        check(
+            "mount path",
+            &cli.mount_path,
+            cli.mount_path.starts_with('/') && cli.mount_path.len() > 1,
+            "must be an absolute path other than /",
+        )?;
+        let default_size = Size {
+            cpu_kind: cli.cpu_kind,
+            cpus: cli.cpus,
+            memory_mb: cli.memory_mb,
+        };
+        if let Err(why) = default_size.check() {
+            return Err(ConfigError::Invalid {
+                what: "default machine size",
+                value: format!("{} cpus, {} MB", cli.cpus, cli.memory_mb),
+                why,
+            });
+        }
+        let mut extra_env = BTreeMap::new();
+        for (key, value) in cli.runner_env {
+            check(
+                "runner env name",
+                &key,
+                ![ENV_REPO, ENV_MODE, ENV_AGENT].contains(&key.as_str()),
+                "set by the coordinator for each agent",
+            )?;
+            extra_env.insert(key, value);
+        }
+        check(
+            "wake timeout",
+            &cli.wake_timeout_secs.to_string(),
+            cli.wake_timeout_secs >= 1,
+            "must be at least 1 second",
+        )?;
+        check(
+            "API timeout",
+            &cli.api_timeout_secs.to_string(),
+            cli.api_timeout_secs >= 1,
+            "must be at least 1 second",
+        )?;
+        Ok(Self {
+            listen: cli.listen,
+            api_base: cli.api_base,
+            runner_app: cli.runner_app,
+            token,
+            backoff: Backoff {
+                retries: cli.api_retries,
+                base: Duration::from_millis(cli.retry_base_ms),
+                cap: Duration::from_millis(cli.retry_cap_ms.max(cli.retry_base_ms)),
+            },
+            runner: RunnerSettings {
+                image: cli.runner_image,
+                default_size,
+                region: cli.region,
+                volume_name: cli.volume_name,
+                volume_size_gb: cli.volume_size_gb.max(1),
+                mount_path: cli.mount_path,
+                internal_port: cli.runner_port,
+                service_port: cli.service_port,
+                extra_env,
+            },
+            timeouts: Timeouts {
+                wake: Duration::from_secs(cli.wake_timeout_secs),
+                api: Duration::from_secs(cli.api_timeout_secs),
+            },
+        })
+    }
+}
+
+fn check(what: &'static str, value: &str, ok: bool, why: &'static str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            what,
+            value: value.to_owned(),
+            why,
+        })
+    }
+}
+
+fn is_app_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn parse_env_pair(pair: &str) -> Result<(String, String), String> {
+    let (key, value) = pair
+        .split_once('=')
+        .ok_or_else(|| format!("{pair:?} is not KEY=VALUE"))?;
+    let mut bytes = key.bytes();
+    let valid = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid {
+        return Err(format!("{key:?} is not an environment variable name"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARGS: [&str; 5] = [
+        "fly-coordinator",
+        "--runner-app",
+        "runners",
+        "--runner-image",
+        "registry.fly.io/runners:1",
+    ];
+
+    fn cli(extra: &[&str]) -> Cli {
+        Cli::try_parse_from(ARGS.iter().chain(extra)).unwrap()
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let config = Config::from_cli(cli(&[]), Some("fo1_sentinel-token".into())).unwrap();
+        let debug = format!("{config:?} {:?}", config.token);
+        assert!(!debug.contains("sentinel"), "{debug}");
+        assert!(debug.contains("Secret(***)"));
+        assert_eq!(config.token.expose(), "fo1_sentinel-token");
+    }
+
+    #[test]
+    fn a_token_is_required() {
+        for token in [None, Some(String::new()), Some("  \n".into())] {
+            let error = Config::from_cli(cli(&[]), token).unwrap_err();
+            assert!(matches!(error, ConfigError::NoToken), "{error}");
+            assert!(error.to_string().contains("FLY_API_TOKEN"));
+        }
+    }
+
+    #[test]
+    fn the_token_file_wins_and_is_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let path = path.to_str().unwrap();
+        let config =
+            Config::from_cli(cli(&["--token-file", path]), Some("from-env".into())).unwrap();
+        assert_eq!(config.token.expose(), "from-file");
+        std::fs::write(dir.path().join("token"), "\n").unwrap();
+        let error = Config::from_cli(cli(&["--token-file", path]), None).unwrap_err();
+        assert!(matches!(error, ConfigError::EmptyTokenFile(_)), "{error}");
+    }
+
+    #[test]
+    fn values_that_reach_urls_and_headers_are_checked() {
+        let token = || Some("t".to_owned());
+        let bad_app = Cli::try_parse_from([
+            "fly-coordinator",
+            "--runner-app",
+            "Runners/../x",
+            "--runner-image",
+            "img",
+        ])
+        .unwrap();
+        assert!(Config::from_cli(bad_app, token()).is_err());
+        assert!(Config::from_cli(cli(&["--volume-name", "work-tree"]), token()).is_err());
+        assert!(Config::from_cli(cli(&["--memory-mb", "1000"]), token()).is_err());
+        assert!(Config::from_cli(cli(&["--runner-env", "WORKTREE_REPO=x"]), token()).is_err());
+        assert!(Cli::try_parse_from(ARGS.iter().chain(&["--runner-env", "1X=y"])).is_err());
+        let config = Config::from_cli(cli(&["--runner-env", "A=1;B=x=y,z"]), token()).unwrap();
+        assert_eq!(config.runner.extra_env["A"], "1");
+        assert_eq!(config.runner.extra_env["B"], "x=y,z");
+    }
+
+    /// fly.toml's service must point at the port the coordinator listens on,
+    /// and the Dockerfile it deploys must exist.
+    #[test]
+    fn fly_toml_matches_the_defaults() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(dir.join("fly.toml")).unwrap();
+        let fly: toml::Table = toml::from_str(&text).unwrap();
+        let service = fly["http_service"].as_table().unwrap();
+        let listen: SocketAddr = DEFAULT_LISTEN.parse().unwrap();
+        assert_eq!(
+            service["internal_port"].as_integer(),
+            Some(i64::from(listen.port()))
+        );
+        assert_eq!(service["auto_stop_machines"].as_str(), Some("off"));
+        assert!(service["min_machines_running"].as_integer() >= Some(1));
+        // Flycast is plain HTTP: force_https would refuse every request.
+        assert_ne!(
+            service.get("force_https").and_then(toml::Value::as_bool),
+            Some(true)
+        );
+        let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
+        assert!(dockerfile.contains("-p coordinator"));
+    }
+}

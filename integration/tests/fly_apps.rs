@@ -1,0 +1,271 @@
+//! The Fly apps as files: each fly.toml parses, has the keys the design
+//! depends on, agrees with the ports its binary listens on, and every file
+//! its Dockerfile copies exists. (The coordinator checks its own in its
+//! crate.) Also the scripts the images run: `store-sync` keeping a store
+//! current under a live git-nfsd, `write-codex-config` writing valid TOML.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration::fixture::git;
+use integration::server::GitNfsd;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+fn fly_toml(app: &str) -> toml::Table {
+    let path = repo_root().join("fly").join(app).join("fly.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.parse()
+        .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()))
+}
+
+/// Every source path of the Dockerfile's `COPY` lines (not `--from=`) exists
+/// in the build context, the repository root.
+fn assert_dockerfile_sources_exist(app: &str) {
+    let path = repo_root().join("fly").join(app).join("Dockerfile");
+    let text = std::fs::read_to_string(&path).expect("Dockerfile");
+    let text = text.replace("\\\n", " ");
+    let mut copies = 0;
+    for line in text.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        if rest.starts_with("--from") {
+            continue;
+        }
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        for source in &words[..words.len() - 1] {
+            copies += 1;
+            assert!(
+                repo_root().join(source).exists(),
+                "{app}/Dockerfile copies {source}, which does not exist"
+            );
+        }
+    }
+    assert!(
+        copies > 0,
+        "{app}/Dockerfile copies nothing from the context"
+    );
+}
+
+fn str_at<'a>(table: &'a toml::Table, path: &[&str]) -> &'a str {
+    let mut value = table
+        .get(path[0])
+        .unwrap_or_else(|| panic!("no {}", path[0]));
+    for key in &path[1..] {
+        value = value
+            .get(key)
+            .unwrap_or_else(|| panic!("no {}", path.join(".")));
+    }
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{} is not a string", path.join(".")))
+}
+
+#[test]
+fn git_nfsd_app() {
+    let config = fly_toml("git-nfsd");
+    assert!(!str_at(&config, &["app"]).is_empty());
+    assert_eq!(str_at(&config, &["mounts", "destination"]), "/data");
+    assert!(str_at(&config, &["env", "STORE_DIR"]).starts_with("/data/"));
+    let service = &config["services"].as_array().unwrap()[0];
+    // The entrypoint runs git-nfsd on [::]:2049, metrics on 9100.
+    assert_eq!(service["internal_port"].as_integer(), Some(2049));
+    assert_eq!(service["protocol"].as_str(), Some("tcp"));
+    assert_eq!(service["auto_stop_machines"].as_str(), Some("off"));
+    assert_eq!(service["min_machines_running"].as_integer(), Some(1));
+    assert_eq!(service["ports"][0]["port"].as_integer(), Some(2049));
+    assert!(
+        service["ports"][0].get("handlers").is_none(),
+        "raw TCP, no HTTP/TLS handlers"
+    );
+    assert_eq!(config["metrics"]["port"].as_integer(), Some(9100));
+    let entrypoint = std::fs::read_to_string(repo_root().join("fly/git-nfsd/entrypoint")).unwrap();
+    assert!(entrypoint.contains("--listen '[::]:2049'"));
+    assert!(entrypoint.contains("--metrics '[::]:9100'"));
+    assert_dockerfile_sources_exist("git-nfsd");
+}
+
+#[test]
+fn agent_runner_app() {
+    let config = fly_toml("agent-runner");
+    let http = config["http_service"].as_table().unwrap();
+    // agent-runner listens on [::]:8080 by default, which the entrypoint keeps.
+    assert_eq!(http["internal_port"].as_integer(), Some(8080));
+    let entrypoint =
+        std::fs::read_to_string(repo_root().join("fly/agent-runner/entrypoint")).unwrap();
+    assert!(entrypoint.contains("--listen '[::]:8080'"));
+    assert_eq!(http["auto_start_machines"].as_bool(), Some(true));
+    assert_eq!(
+        http["auto_stop_machines"].as_str(),
+        Some("off"),
+        "the runner's idle policy decides"
+    );
+    assert_eq!(http["checks"][0]["path"].as_str(), Some("/healthz"));
+    let check = &http["machine_checks"][0];
+    let command = check["command"][0].as_str().unwrap();
+    assert!(
+        command.starts_with("smoke-check runner ") && command.contains("$FLY_TEST_MACHINE_IP"),
+        "{command}"
+    );
+    assert!(command.contains(":8080"));
+    assert_eq!(str_at(&config, &["mounts", "destination"]), "/data");
+    assert_eq!(str_at(&config, &["env", "DATA_DIR"]), "/data");
+    assert_eq!(str_at(&config, &["kill_signal"]), "SIGTERM");
+    assert!(str_at(&config, &["env", "WORKTREE_SERVER"]).ends_with(".flycast"));
+    assert_dockerfile_sources_exist("agent-runner");
+}
+
+#[test]
+fn write_codex_config_writes_valid_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let worktree = "/work/a \"quoted\" dir";
+    let status = Command::new(repo_root().join("fly/agent-runner/write-codex-config"))
+        .arg(&config)
+        .arg(worktree)
+        .env("CODEX_MODEL", "some-model")
+        .env_remove("CODEX_PROVIDER_URL")
+        .env_remove("CODEX_API_KEY_ENV")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let parsed: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
+    assert_eq!(parsed["model"].as_str(), Some("some-model"));
+    assert_eq!(parsed["approval_policy"].as_str(), Some("never"));
+    let provider = &parsed["model_providers"]["runner"];
+    assert_eq!(
+        provider["base_url"].as_str(),
+        Some("https://api.openai.com/v1")
+    );
+    assert_eq!(provider["env_key"].as_str(), Some("OPENAI_API_KEY"));
+    assert_eq!(
+        parsed["projects"][worktree]["trust_level"].as_str(),
+        Some("trusted")
+    );
+    let usage = Command::new(repo_root().join("fly/agent-runner/write-codex-config"))
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+/// Writes `name` in `repo` and commits it.
+fn commit_file(repo: &Path, name: &str, content: &str) {
+    std::fs::write(repo.join(name), content).expect("write");
+    git(repo, &["add", "."]);
+    let identity = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"];
+    git(
+        repo,
+        &[&identity[..], &["commit", "-q", "-m", name]].concat(),
+    );
+}
+
+fn store_sync(store: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(repo_root().join("fly/git-nfsd/store-sync"))
+        .args(args)
+        .env("STORE_DIR", store)
+        .output()
+        .expect("store-sync")
+}
+
+/// The store kept current under a live server: new commits upstream reach
+/// new mounts after a fetch; a mirror is never half made.
+#[test]
+fn store_sync_keeps_a_live_store_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    std::fs::create_dir(&upstream).unwrap();
+    git(&upstream, &["init", "-q", "-b", "main"]);
+    commit_file(
+        &upstream,
+        "first.txt",
+        "one
+",
+    );
+    let store = dir.path().join("store");
+    let url = format!("file://{}", upstream.display());
+
+    let added = store_sync(&store, &["add", "org/app", &url]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    assert!(store.join("org/app.git").is_dir());
+    let gc = Command::new("git")
+        .args([
+            "--git-dir",
+            store.join("org/app.git").to_str().unwrap(),
+            "config",
+            "gc.auto",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&gc.stdout).trim(),
+        "0",
+        "never repacked under the server"
+    );
+    let listed = store_sync(&store, &["list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        format!("org/app\t{url}\n")
+    );
+    assert_eq!(
+        store_sync(&store, &["add", "../evil", &url]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        store_sync(&store, &["fetch", "nope"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(store_sync(&store, &["bogus"]).status.code(), Some(2));
+
+    let server = GitNfsd::start(&store);
+    let listing = |path: &str| {
+        let output = Command::new("nfs-ls")
+            .arg(server.url(path))
+            .output()
+            .expect("nfs-ls (libnfs-utils)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(listing("/org/app@main").contains("first.txt"));
+
+    commit_file(
+        &upstream,
+        "second.txt",
+        "two
+",
+    );
+    let fetched = store_sync(&store, &["fetch"]);
+    assert!(
+        fetched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    assert!(String::from_utf8_lossy(&fetched.stdout).contains("fetched org/app"));
+
+    // The server rescans the store at most once a second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listing("/org/app@main").contains("second.txt") {
+        assert!(Instant::now() < deadline, "new commit never showed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The first commit is still served by its id.
+    let first = Command::new("git")
+        .args(["-C", upstream.to_str().unwrap(), "rev-parse", "HEAD~1"])
+        .output()
+        .unwrap();
+    let first = String::from_utf8_lossy(&first.stdout).trim().to_owned();
+    let old = listing(&format!("/org/app@{first}"));
+    assert!(
+        old.contains("first.txt") && !old.contains("second.txt"),
+        "{old}"
+    );
+}
