@@ -533,3 +533,78 @@ async fn stop_tool_ends_the_agent() {
     let again = mcp.call("start", json!({})).await.ok();
     assert_eq!(again["session"], 2);
 }
+
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Live children of a process (zombies included: they are leaks too).
+fn children(pid: u32) -> Vec<u64> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Many start/stop cycles leave no process, descriptor or open capture
+/// behind. `RUNNER_CYCLES` raises the count for a soak (1,000 in the
+/// reliability notes); CI runs 100.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_stop_cycles_leak_nothing() {
+    let cycles: usize = std::env::var("RUNNER_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let dir = tempfile::tempdir().unwrap();
+    let runner = AgentRunner::repl(dir.path());
+    let mcp = runner.mcp().await;
+    // Warm up: the first session allocates what every later one reuses.
+    mcp.call("start", json!({})).await.ok();
+    mcp.call("stop", json!({})).await.ok();
+    let fds_before = open_fds(runner.pid());
+    for i in 0..cycles {
+        let info = mcp.call("start", json!({})).await.ok();
+        assert_eq!(info["session"], i + 2);
+        // Half of them exit by themselves, half are stopped.
+        if i % 2 == 0 {
+            mcp.call("stop", json!({"grace_seconds": 5})).await.ok();
+        } else {
+            mcp.call("message", json!({"text": "exit"})).await.ok();
+            let deadline = std::time::Instant::now() + WAIT;
+            while runner.healthz().await["agent"]["state"] != "exited" {
+                assert!(std::time::Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    // Exit statuses are collected as they come; give the last one a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        children(runner.pid()),
+        Vec::<u64>::new(),
+        "no agent left behind"
+    );
+    let fds_after = open_fds(runner.pid());
+    assert!(
+        fds_after <= fds_before + 2,
+        "descriptors grew from {fds_before} to {fds_after} over {cycles} cycles"
+    );
+    let captures = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(
+        captures,
+        cycles + 1,
+        "one capture per session, nothing else"
+    );
+}
