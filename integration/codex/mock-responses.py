@@ -42,6 +42,12 @@ A response may also be an object {"items": [...]} (same thing). When the
 script runs out, every further turn gets the message
 "(mock: no more scripted responses)".
 
+Several agents can share one mock: make the script an object
+{"conversations": [{"match": "TEXT", "responses": [...]}, ...]}. A model
+turn goes to the first conversation whose `match` occurs in the request's
+`input` (the conversation so far, so every turn of one agent's task finds
+the same entry), and each conversation keeps its own place in its list.
+
 Requests that are not model turns (no `tools` in the body: codex 0.169
 sends one per new thread to generate its title, with a `text.format`
 json_schema) do not consume a scripted response; they get a message that
@@ -70,20 +76,35 @@ EXHAUSTED = "(mock: no more scripted responses)"
 
 
 class Script:
-    def __init__(self, responses, log_path, model):
-        self.responses = responses
+    def __init__(self, script, log_path, model):
+        # One list of responses, or conversations keyed by a match string.
+        if isinstance(script, dict):
+            self.conversations = [(c["match"], c["responses"]) for c in script["conversations"]]
+        else:
+            self.conversations = [(None, script)]
         self.log_path = log_path
         self.model = model
         self.lock = threading.Lock()
-        self.next_turn = 0
+        self.next_turn = [0] * len(self.conversations)
         self.request_count = 0
 
-    def take_turn(self):
+    def conversation_of(self, body):
+        text = json.dumps(body.get("input", ""))
+        for i, (match, _) in enumerate(self.conversations):
+            if match is None or match in text or json.dumps(match)[1:-1] in text:
+                return i
+        return None
+
+    def take_turn(self, body):
+        which = self.conversation_of(body)
+        if which is None:
+            return None, [{"message": "(mock: no conversation matches this request)"}]
+        responses = self.conversations[which][1]
         with self.lock:
-            index = self.next_turn
-            self.next_turn += 1
-        if index < len(self.responses):
-            items = self.responses[index]
+            index = self.next_turn[which]
+            self.next_turn[which] += 1
+        if index < len(responses):
+            items = responses[index]
             if isinstance(items, dict):
                 items = items.get("items", [])
             return index, items
@@ -225,7 +246,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         names = tool_names(body)
         if names:
-            _, items = self.script.take_turn()
+            _, items = self.script.take_turn(body)
         else:
             items = [{"message": side_reply(body)}]
         self.stream(body, names, items)
@@ -355,8 +376,10 @@ def main():
     if args.script:
         with open(args.script, encoding="utf-8") as f:
             responses = json.load(f)
-        if not isinstance(responses, list):
-            sys.exit("mock: the script must be a JSON list of responses")
+        if not isinstance(responses, list) and not (
+            isinstance(responses, dict) and isinstance(responses.get("conversations"), list)
+        ):
+            sys.exit("mock: the script must be a list of responses or {\"conversations\": [...]}")
     Handler.script = Script(responses, args.log, args.model)
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)

@@ -41,7 +41,7 @@ async fn wait_for_screen(runner: &AgentRunner, needle: &str) -> String {
 /// refuses to put its helpers in a temp dir).
 struct CodexSetup {
     /// Removed with the setup.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     worktree: std::path::PathBuf,
     home: std::path::PathBuf,
     captures: std::path::PathBuf,
@@ -66,7 +66,7 @@ impl CodexSetup {
         let captures = dir.path().join("captures");
         std::fs::create_dir(&captures).expect("captures");
         Self {
-            _dir: dir,
+            dir,
             worktree,
             home,
             captures,
@@ -204,4 +204,89 @@ async fn smoke_check_passes_with_codex() {
         requests.contains("a deployment check"),
         "codex sent the message on"
     );
+}
+
+/// One agent's scripted work in the puzzle: a shell call that edits and
+/// commits, then a final message. `match` is the failing test it was given.
+fn puzzle_agent(test: &str, edit: &str) -> serde_json::Value {
+    let commit = "git -c user.name=agent -c user.email=agent@example.invalid commit -qam";
+    json!({
+        "match": test,
+        "responses": [
+            [{"shell": ["bash", "-lc", format!("{edit} && {commit} 'Fix {test}'")]}],
+            [{"message": format!("Fixed {test}.")}],
+        ],
+    })
+}
+
+fn run_puzzle(dates_fix: &str) -> (bool, String) {
+    let setup = CodexSetup::new(json!({"conversations": [
+        puzzle_agent(
+            "tests/test_prices.py",
+            "sed -i 's/price + quantity/price * quantity/' shop/prices.py",
+        ),
+        puzzle_agent(
+            "tests/test_text.py",
+            "sed -i 's/\"_\".join/\"-\".join/' shop/text.py",
+        ),
+        puzzle_agent("tests/test_dates.py", dates_fix),
+    ]}));
+    let output = std::process::Command::new(integration::workspace_bin("smoke-check"))
+        .args(["puzzle", "--timeout", "120", "--agent"])
+        .arg(codex_bin())
+        .arg("--runner")
+        .arg(integration::workspace_bin("agent-runner"))
+        .arg("--codex-config")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fly/agent-runner/write-codex-config"),
+        )
+        .arg("--work-dir")
+        .arg(setup.dir.path().join("puzzle"))
+        .env("CODEX_MODEL", "mock-model")
+        .env(
+            "CODEX_PROVIDER_URL",
+            format!("http://127.0.0.1:{}/v1", setup.mock.port),
+        )
+        .env("CODEX_API_KEY_ENV", "")
+        .output()
+        .expect("running smoke-check");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), log)
+}
+
+/// The smoke check's puzzle with the real codex and the mock model: three
+/// agents, each in its own worktree (plain git clones here, not NFS
+/// overlays: this machine's kernel has no NFS client), fix one bug each.
+#[test]
+fn puzzle_in_plain_directories_passes_when_every_agent_fixes_its_bug() {
+    let (passed, log) = run_puzzle(
+        "sed -i 's/return year % 4 == 0$/return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)/' shop/dates.py",
+    );
+    assert!(passed, "{log}");
+    for n in 1..=3 {
+        assert!(
+            log.contains(&format!("agent {n} finished its turn")),
+            "{log}"
+        );
+    }
+    assert!(log.contains("Ran 7 tests") && log.contains("OK"), "{log}");
+}
+
+#[test]
+fn puzzle_in_plain_directories_fails_and_names_the_agent_with_a_wrong_fix() {
+    let (passed, log) = run_puzzle(
+        "sed -i 's/return year % 4 == 0$/return year % 4 == 0 and year % 100 != 0/' shop/dates.py",
+    );
+    assert!(!passed, "{log}");
+    assert!(
+        log.contains("agent 3 (tests/test_dates.py): the test still fails"),
+        "{log}"
+    );
+    assert!(!log.contains("agent 1 (tests/test_prices.py)"), "{log}");
+    assert!(!log.contains("agent 2 (tests/test_text.py)"), "{log}");
 }

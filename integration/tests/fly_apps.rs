@@ -115,6 +115,8 @@ fn agent_runner_app() {
         "{command}"
     );
     assert!(command.contains(":8080"));
+    assert!(command.contains("&& smoke-check puzzle "), "{command}");
+    assert!(command.contains("--codex-config /usr/local/bin/write-codex-config"));
     assert_eq!(str_at(&config, &["mounts", "destination"]), "/data");
     assert_eq!(str_at(&config, &["env", "DATA_DIR"]), "/data");
     assert_eq!(str_at(&config, &["kill_signal"]), "SIGTERM");
