@@ -148,6 +148,12 @@ impl AgentRunner {
         }
     }
 
+    /// Kills the runner outright (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the runner to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {

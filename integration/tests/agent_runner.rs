@@ -608,3 +608,133 @@ async fn start_stop_cycles_leak_nothing() {
         "one capture per session, nothing else"
     );
 }
+
+/// The runner killed outright (SIGKILL, no flushing) while its agent runs:
+/// the pty closes, the agent gets SIGHUP and ends, the capture on disk has
+/// everything the agent printed, and a new runner serves it and starts the
+/// next session.
+#[tokio::test(flavor = "multi_thread")]
+async fn runner_killed_while_the_agent_runs_loses_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runner = AgentRunner::repl(dir.path());
+    let (mcp, pid) = started(&runner).await;
+    mcp.call("message", json!({"text": "written before the crash"}))
+        .await
+        .ok();
+    runner
+        .wait_for_output("got: 'written before the crash'", WAIT)
+        .await;
+    let served = runner.get_text("/live").await;
+    drop(mcp);
+    runner.kill();
+
+    let deadline = std::time::Instant::now() + WAIT;
+    while process_state(pid).is_some_and(|state| state != 'Z') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent outlived its runner"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_disk = std::fs::read(dir.path().join("session-000001.log")).unwrap();
+    assert!(
+        on_disk.starts_with(served.as_bytes()),
+        "nothing served was lost"
+    );
+
+    let runner = AgentRunner::repl(dir.path());
+    assert_eq!(runner.get_text("/live").await.as_bytes(), &on_disk[..]);
+    let mcp = runner.mcp().await;
+    assert_eq!(mcp.call("start", json!({})).await.ok()["session"], 2);
+}
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// 500 followers and one that stops reading: the agent still prints all it
+/// has to, every reading follower gets every byte, and the runner's memory
+/// stays bounded (each follower holds one read chunk, not the output).
+#[tokio::test(flavor = "multi_thread")]
+async fn five_hundred_followers_and_a_stalled_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = AgentRunner::repl(dir.path());
+    let (mcp, _pid) = started(&runner).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut stalled = client
+        .get(runner.url("/live?follow=1"))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    stalled.next().await.unwrap().unwrap();
+    let followers: Vec<_> = (0..500)
+        .map(|_| {
+            let request = client.get(runner.url("/live?follow=1"));
+            tokio::spawn(async move {
+                let mut stream = request.send().await.unwrap().bytes_stream();
+                let mut total = 0usize;
+                while let Some(chunk) = stream.next().await {
+                    total += chunk.unwrap().len();
+                }
+                total
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + WAIT;
+    while runner.healthz().await["followers"].as_u64() < Some(501) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "followers never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_before = rss_kib(runner.pid());
+    mcp.call("message", json!({"text": "spew 100000"}))
+        .await
+        .ok();
+    let mut rss_peak = rss_before;
+    while !runner
+        .get_text("/live?format=text")
+        .await
+        .contains("spewed")
+    {
+        rss_peak = rss_peak.max(rss_kib(runner.pid()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mcp.call("message", json!({"text": "exit"})).await.ok();
+    let mut totals = Vec::new();
+    for follower in followers {
+        rss_peak = rss_peak.max(rss_kib(runner.pid()));
+        totals.push(tokio::time::timeout(WAIT, follower).await.unwrap().unwrap());
+    }
+    let whole = runner.get_text("/live").await.len();
+    assert!(whole > 100_000 * 70);
+    assert!(
+        totals.iter().all(|&t| t == whole),
+        "every follower got every byte"
+    );
+    // 7 MB of output, 500 readers: far less than one copy per reader.
+    let growth_mib = rss_peak.saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "500 followers: runner RSS {} MiB before the output, {} MiB at the peak",
+        rss_before / 1024,
+        rss_peak / 1024
+    );
+    assert!(
+        growth_mib < 256,
+        "runner RSS grew by {growth_mib} MiB with 500 followers"
+    );
+    drop(stalled);
+}
