@@ -149,3 +149,49 @@ fn uid_and_gid_flags_own_every_file() {
         assert_eq!((l.uid, l.gid), (1000, 1001));
     }
 }
+
+/// A blob larger than the memory cache is decoded once into the spill
+/// folder and read from there: its bytes match git's, and it was decoded
+/// once, not once per READ.
+#[test]
+fn blobs_larger_than_the_cache_are_spilled_and_decoded_once() {
+    let store = fixture::store();
+    let app = store.join("app.git");
+    let spill = tempfile::tempdir().unwrap();
+    // 2 MiB of cache: 1 MiB for blobs, so the 20 MB file is spilled.
+    let server = GitNfsd::start_with(
+        store,
+        "127.0.0.1:0",
+        &[
+            "--cache-bytes",
+            "2097152",
+            "--spill-dir",
+            spill.path().to_str().unwrap(),
+        ],
+    );
+    let big = ls_tree(&app, "main")
+        .into_iter()
+        .filter(|e| e.kind == "blob")
+        .max_by_key(|e| e.size)
+        .unwrap();
+    let size = big.size.unwrap();
+    assert!(size > 10_000_000, "the fixture's big file: {big:?}");
+    let name = String::from_utf8_lossy(&big.path).into_owned();
+    let want = git(&app, &["cat-file", "blob", &big.oid]);
+    for _ in 0..2 {
+        let got = libnfs::cat(&server.url(&format!("/app/{name}"))).unwrap();
+        assert!(got == want, "bytes of {name} differ");
+    }
+    let decoded = server.metric("gitnfsd_blob_decoded_bytes_total");
+    assert!(
+        decoded < 2.0 * size as f64,
+        "decoded {decoded} bytes for two reads of a {size}-byte file"
+    );
+    // The spilled copy is in a folder of the server's own.
+    let spilled: Vec<_> = std::fs::read_dir(spill.path())
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .collect();
+    assert_eq!(spilled, [size], "one spilled file, the whole blob");
+}

@@ -16,10 +16,11 @@
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use std::sync::Arc;
-//! use nfs_server::{fs::{Filesystem, Owner}, metrics::Metrics, server::{AccessList, Limits, Server}, store::Store};
+//! use nfs_server::{fs::{Filesystem, Owner}, metrics::Metrics, server::{AccessList, Limits, Server}, store::{Spill, Store}};
 //! let store = Arc::new(Store::open_dir("/srv/store".as_ref())?);
 //! let metrics = Arc::new(Metrics::new());
-//! let fs = Arc::new(Filesystem::new(store, Owner::default(), 256 << 20, Arc::clone(&metrics)));
+//! let spill = Spill::temporary(4 << 30)?;
+//! let fs = Arc::new(Filesystem::new(store, Owner::default(), 256 << 20, spill, Arc::clone(&metrics)));
 //! let access = AccessList::default_for_environment(false);
 //! let server = Server::bind("127.0.0.1:2049".parse()?, fs, metrics, Limits::default(), access).await?;
 //! server.run(tokio_util::sync::CancellationToken::new()).await;

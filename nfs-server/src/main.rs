@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use nfs_server::fs::{Filesystem, Owner};
 use nfs_server::metrics::{self, Metrics};
 use nfs_server::server::{AccessList, Limits, Server};
-use nfs_server::store::Store;
+use nfs_server::store::{Spill, Store};
 use tokio_util::sync::CancellationToken;
 
 /// Serve git repositories as lazy, read-only NFSv3 worktrees.
@@ -59,6 +59,17 @@ struct ServeArgs {
     /// indexes (1/4), tree tables (1/4).
     #[arg(long, value_name = "N", default_value_t = 256 << 20)]
     cache_bytes: u64,
+
+    /// Where blobs too large for the memory cache (over an eighth of its
+    /// blob half) are decoded to, once, and read from: a folder on local
+    /// disk (default: the system's temp dir). A new subfolder is made and
+    /// removed on exit.
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
+
+    /// Disk for spilled blobs, in bytes; the least recently read go first.
+    #[arg(long, value_name = "N", default_value_t = 4 << 30)]
+    spill_bytes: u64,
 
     /// Largest RPC record a client may send, in bytes.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_record_bytes)]
@@ -126,6 +137,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = Arc::new(store);
     let exports: Vec<String> = store.index().names().map(|n| format!("/{n}")).collect();
     let metrics = Arc::new(Metrics::new());
+    let spill_dir = args.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let spill = Spill::in_dir(&spill_dir, args.spill_bytes)
+        .with_context(|| format!("making a spill folder in {}", spill_dir.display()))?;
     let fs = Arc::new(Filesystem::new(
         Arc::clone(&store),
         Owner {
@@ -133,6 +147,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             gid: args.gid,
         },
         args.cache_bytes,
+        spill,
         Arc::clone(&metrics),
     ));
     let limits = Limits {

@@ -16,7 +16,7 @@ use gix::ObjectId;
 use thiserror::Error;
 
 use crate::metrics::Metrics;
-use crate::store::{BlobCache, ObjectError, Repo, RepoId, RepoIndex, ResolveError, Store};
+use crate::store::{BlobCache, ObjectError, Repo, RepoId, RepoIndex, ResolveError, Spill, Store};
 use dotgit::GitFile;
 use dotgit::content::ExportView;
 pub use export_path::{ExportPath, ExportPathError};
@@ -229,8 +229,15 @@ impl std::fmt::Debug for Filesystem {
 impl Filesystem {
     /// `cache_bytes` is split between decoded blobs (1/2), synthesized
     /// indexes (1/4), worktree tables (1/8) and exports (1/8), which keep
-    /// their tables alive and so are weighed by them.
-    pub fn new(store: Arc<Store>, owner: Owner, cache_bytes: u64, metrics: Arc<Metrics>) -> Self {
+    /// their tables alive and so are weighed by them. Blobs too large for
+    /// the memory cache go to `spill`.
+    pub fn new(
+        store: Arc<Store>,
+        owner: Owner,
+        cache_bytes: u64,
+        spill: Spill,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let quarter = (cache_bytes / 4).max(1 << 20);
         let eighth = (cache_bytes / 8).max(1 << 20);
         let live = metrics.exports_live.clone();
@@ -253,7 +260,7 @@ impl Filesystem {
                 u32::try_from(e.tree.approx_bytes() + 64 * e.view.refs.len()).unwrap_or(u32::MAX)
             })
             .build();
-        let blobs = BlobCache::new(cache_bytes / 2, Arc::clone(&metrics));
+        let blobs = BlobCache::new(cache_bytes / 2, spill, Arc::clone(&metrics));
         Self {
             store,
             worktrees,
@@ -714,9 +721,23 @@ impl Filesystem {
         let (export, n) = self.worktree_node(node)?;
         let bytes: Arc<[u8]> = match n.kind {
             NodeKind::File | NodeKind::Executable => {
-                let blob = self.blobs.get(&export.repo, n.oid)?;
-                n.remember_size(blob.len() as u64);
-                blob
+                let blob = self.blobs.blob(&export.repo, n.oid)?;
+                let len = blob.len();
+                n.remember_size(len);
+                let (bytes, range) = blob.read(offset, count).map_err(|source| {
+                    FsError::Object(ObjectError::Spill {
+                        oid: n.oid,
+                        path: export.repo.name.clone().into(),
+                        source,
+                    })
+                })?;
+                self.count_read(read_kind(&export.tree, n), range.len());
+                let eof = offset.saturating_add(range.len() as u64) >= len;
+                return Ok(ReadChunk {
+                    blob: bytes,
+                    range,
+                    eof,
+                });
             }
             NodeKind::GitFile(file) => self.git_file(export, file)?,
             NodeKind::StoreFile => return self.read_store_file(export, n, offset, count),
@@ -974,6 +995,7 @@ mod tests {
             Arc::new(store),
             Owner::default(),
             64 << 20,
+            Spill::temporary(1 << 30).unwrap(),
             Arc::new(Metrics::new()),
         )
     }

@@ -1,6 +1,15 @@
 //! Blob access: decoded contents in a byte-bounded `moka` cache, sizes from
 //! object headers without decoding.
+//!
+//! A blob too large for the memory cache (more than an eighth of it) is
+//! decoded once into a file in the spill directory on local disk, itself a
+//! byte-bounded cache, and READs of it are positioned reads of that file.
+//! Without it such a blob would be decoded again for every READ: a 256 MiB
+//! file read in 1 MiB calls would be decoded 256 times.
 
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gix::ObjectId;
@@ -27,6 +36,126 @@ pub enum ObjectError {
         oid: ObjectId,
         kind: gix::objs::Kind,
     },
+    #[error("cannot spill blob {oid} to {path}")]
+    Spill {
+        oid: ObjectId,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A decoded blob: in memory, or spilled to a file on local disk.
+#[derive(Debug, Clone)]
+pub enum Blob {
+    Memory(Arc<[u8]>),
+    Spilled(Arc<SpillFile>),
+}
+
+impl Blob {
+    pub fn len(&self) -> u64 {
+        match self {
+            Self::Memory(bytes) => bytes.len() as u64,
+            Self::Spilled(file) => file.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `count` bytes from `offset`: a shared buffer and the range of
+    /// it that holds them.
+    pub fn read(&self, offset: u64, count: u32) -> io::Result<(Arc<[u8]>, std::ops::Range<usize>)> {
+        match self {
+            Self::Memory(bytes) => {
+                let len = bytes.len();
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
+                let end = start.saturating_add(count as usize).min(len);
+                Ok((Arc::clone(bytes), start..end))
+            }
+            Self::Spilled(file) => {
+                let start = offset.min(file.len);
+                let want = (u64::from(count)).min(file.len - start) as usize;
+                let mut buf = vec![0u8; want];
+                file.file.read_exact_at(&mut buf, start)?;
+                Ok((Arc::from(buf), 0..want))
+            }
+        }
+    }
+}
+
+/// A blob's decoded contents in the spill directory. The file is removed
+/// when the spill cache evicts it; readers holding it keep reading the
+/// unlinked file until they drop it.
+#[derive(Debug)]
+pub struct SpillFile {
+    file: std::fs::File,
+    path: PathBuf,
+    len: u64,
+}
+
+/// Where large blobs go, and how many bytes of them may stay.
+#[derive(Debug)]
+pub struct Spill {
+    dir: PathBuf,
+    /// Removes the directory with the cache when the spill dir was made for
+    /// this process.
+    _owned: Option<tempfile::TempDir>,
+    files: moka::sync::Cache<ObjectId, Arc<SpillFile>>,
+}
+
+impl Spill {
+    /// Spills into `dir` (made if missing), keeping at most `max_bytes`.
+    pub fn in_dir(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let dir = tempfile::Builder::new()
+            .prefix("git-nfsd-spill-")
+            .tempdir_in(dir)?;
+        Ok(Self::new(dir.path().to_owned(), Some(dir), max_bytes))
+    }
+
+    /// Spills into a new folder of the system's temp dir.
+    pub fn temporary(max_bytes: u64) -> io::Result<Self> {
+        Self::in_dir(&std::env::temp_dir(), max_bytes)
+    }
+
+    fn new(dir: PathBuf, owned: Option<tempfile::TempDir>, max_bytes: u64) -> Self {
+        let files = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_, f: &Arc<SpillFile>| u32::try_from(f.len).unwrap_or(u32::MAX))
+            .eviction_listener(|_, f: Arc<SpillFile>, _| {
+                let _ = std::fs::remove_file(&f.path);
+            })
+            .build();
+        Self {
+            dir,
+            _owned: owned,
+            files,
+        }
+    }
+
+    fn write(&self, oid: ObjectId, data: &[u8]) -> Result<Arc<SpillFile>, ObjectError> {
+        let path = self.dir.join(oid.to_string());
+        let spill_err = |source| ObjectError::Spill {
+            oid,
+            path: path.clone(),
+            source,
+        };
+        // Written under a temporary name, so a half-written file is never
+        // read (two decodes of one blob race only to the rename).
+        let partial = self
+            .dir
+            .join(format!("{oid}.{}.partial", std::process::id()));
+        std::fs::write(&partial, data).map_err(spill_err)?;
+        std::fs::rename(&partial, &path).map_err(spill_err)?;
+        let file = std::fs::File::open(&path).map_err(spill_err)?;
+        Ok(Arc::new(SpillFile {
+            file,
+            path,
+            len: data.len() as u64,
+        }))
+    }
 }
 
 /// Decoded blobs shared by all exports (objects are content addressed, so a
@@ -34,25 +163,67 @@ pub enum ObjectError {
 #[derive(Clone)]
 pub struct BlobCache {
     cache: moka::sync::Cache<ObjectId, Arc<[u8]>>,
+    spill: Arc<Spill>,
+    /// Blobs larger than this are spilled rather than kept in memory.
+    large: u64,
     metrics: Arc<Metrics>,
 }
 
 impl BlobCache {
-    pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
+    pub fn new(max_bytes: u64, spill: Spill, metrics: Arc<Metrics>) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_, blob: &Arc<[u8]>| u32::try_from(blob.len()).unwrap_or(u32::MAX))
             .build();
-        Self { cache, metrics }
+        Self {
+            cache,
+            spill: Arc::new(spill),
+            large: (max_bytes / 8).max(64 << 10),
+            metrics,
+        }
     }
 
-    /// The contents of blob `oid`, decoded on first use.
+    /// Blob `oid`, decoded on first use: in memory, or spilled to disk when
+    /// it is large. Concurrent first uses decode it once.
+    pub fn blob(&self, repo: &Repo, oid: ObjectId) -> Result<Blob, ObjectError> {
+        if let Some(bytes) = self.cache.get(&oid) {
+            self.metrics.cache_hit("blob");
+            return Ok(Blob::Memory(bytes));
+        }
+        if let Some(file) = self.spill.files.get(&oid) {
+            self.metrics.cache_hit("blob");
+            return Ok(Blob::Spilled(file));
+        }
+        if self.size(repo, oid)? <= self.large {
+            return self.get(repo, oid).map(Blob::Memory);
+        }
+        self.metrics.cache_miss("blob");
+        self.spill
+            .files
+            .try_get_with(oid, || {
+                let data = self.decode(repo, oid)?;
+                self.spill.write(oid, &data)
+            })
+            .map(Blob::Spilled)
+            .map_err(|e| {
+                Arc::try_unwrap(e).unwrap_or_else(|shared| shared_error(&shared, repo, oid))
+            })
+    }
+
+    /// The contents of blob `oid` in memory, decoded on first use (for
+    /// small blobs: symbolic link targets).
     pub fn get(&self, repo: &Repo, oid: ObjectId) -> Result<Arc<[u8]>, ObjectError> {
         if let Some(blob) = self.cache.get(&oid) {
             self.metrics.cache_hit("blob");
             return Ok(blob);
         }
         self.metrics.cache_miss("blob");
+        let blob: Arc<[u8]> = Arc::from(self.decode(repo, oid)?);
+        self.cache.insert(oid, Arc::clone(&blob));
+        Ok(blob)
+    }
+
+    fn decode(&self, repo: &Repo, oid: ObjectId) -> Result<Vec<u8>, ObjectError> {
         let read_err = |source| ObjectError::Read {
             repo: repo.name.clone(),
             oid,
@@ -67,16 +238,18 @@ impl BlobCache {
                 kind: object.kind,
             });
         }
-        let blob: Arc<[u8]> = Arc::from(object.detach().data);
-        self.metrics.blob_bytes_decoded.inc_by(blob.len() as u64);
-        self.cache.insert(oid, Arc::clone(&blob));
-        Ok(blob)
+        let data = object.detach().data;
+        self.metrics.blob_bytes_decoded.inc_by(data.len() as u64);
+        Ok(data)
     }
 
-    /// The size of blob `oid`, from the cache or the object's header.
+    /// The size of blob `oid`, from the caches or the object's header.
     pub fn size(&self, repo: &Repo, oid: ObjectId) -> Result<u64, ObjectError> {
         if let Some(blob) = self.cache.get(&oid) {
             return Ok(blob.len() as u64);
+        }
+        if let Some(file) = self.spill.files.get(&oid) {
+            return Ok(file.len);
         }
         let header = repo
             .local()
@@ -87,5 +260,15 @@ impl BlobCache {
                 source,
             })?;
         Ok(header.size())
+    }
+}
+
+/// A decode error shared by concurrent waiters (moka hands each an `Arc`):
+/// the first gets it, the others a copy of its message.
+fn shared_error(shared: &ObjectError, repo: &Repo, oid: ObjectId) -> ObjectError {
+    ObjectError::Spill {
+        oid,
+        path: PathBuf::from(&repo.name),
+        source: io::Error::other(shared.to_string()),
     }
 }
