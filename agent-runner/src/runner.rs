@@ -72,7 +72,7 @@ pub enum RunnerError {
     AlreadyRunning { session: u64, pid: u32 },
     #[error("the agent of session {session} has exited ({}); call `start` for a new session", exit.description)]
     Exited { session: u64, exit: ExitInfo },
-    #[error("the message is empty")]
+    #[error("the message is empty (or only whitespace)")]
     EmptyText,
     #[error("nothing is left of the message once keys are removed ({0})")]
     OnlyKeys(String),
@@ -255,7 +255,11 @@ impl Runner {
             .strip_suffix(b"\n")
             .unwrap_or(&sanitized.text);
         if text.iter().all(u8::is_ascii_whitespace) {
-            return Err(RunnerError::OnlyKeys(dropped.join("; ")));
+            return Err(if dropped.is_empty() {
+                RunnerError::EmptyText
+            } else {
+                RunnerError::OnlyKeys(dropped.join("; "))
+            });
         }
         if !dropped.is_empty() {
             tracing::warn!(session = session.id(), dropped = ?dropped, "removed keys from a message");

@@ -224,11 +224,17 @@ async fn errors_are_clear_tool_errors() {
         mcp.call("message", json!({"text": ""})).await.err()["error"],
         "empty_text"
     );
-    assert_eq!(
-        mcp.call("message", json!({"text": "\u{1a}\u{3}"}))
-            .await
-            .err()["error"],
-        "empty_text"
+    let err = mcp
+        .call("message", json!({"text": "\u{1a}\u{3}"}))
+        .await
+        .err();
+    assert_eq!(err["error"], "empty_text");
+    assert!(err["message"].as_str().unwrap().contains("Ctrl+Z"), "{err}");
+    let err = mcp.call("message", json!({"text": " \n\t "})).await.err();
+    assert_eq!(err["error"], "empty_text");
+    assert!(
+        err["message"].as_str().unwrap().contains("whitespace"),
+        "{err}"
     );
     assert_eq!(
         mcp.call("message", json!({"text": "x".repeat(1001)}))
