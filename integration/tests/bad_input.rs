@@ -218,3 +218,62 @@ fn many_calls_in_flight_on_one_connection_are_all_answered() {
     }
     assert!(xids.is_empty());
 }
+
+/// A slowloris client trickles a record a byte at a time: the record
+/// timeout closes it (once, counted as `slow_record`), and a well-behaved
+/// client is served meanwhile.
+#[test]
+fn a_trickled_record_is_cut_off_by_the_record_timeout() {
+    let mut server = GitNfsd::start_with(
+        fixture::store(),
+        "127.0.0.1:0",
+        &["--record-timeout-secs", "1"],
+    );
+    let mut slow = TcpStream::connect(server.addr).expect("connect");
+    slow.set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    // A record mark for 100 bytes, then one byte every 200 ms.
+    slow.write_all(&[0x80, 0, 0, 100]).unwrap();
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for _ in 0..100 {
+        if slow.write_all(&[0]).is_err() {
+            cut = true;
+            break;
+        }
+        assert_healthy(&server);
+        std::thread::sleep(Duration::from_millis(200));
+        if server.metric("gitnfsd_connections_closed_total{name=\"slow_record\"}") >= 1.0 {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "still open after {:?}", started.elapsed());
+    assert!(closed(&mut slow), "the trickling connection was closed");
+    assert!(server.is_running());
+    assert_eq!(
+        server.metric("gitnfsd_connections_closed_total{name=\"slow_record\"}"),
+        1.0
+    );
+}
+
+/// Idle connections (no call in flight, nothing sent) are closed after the
+/// idle timeout, so they cannot hold every connection slot for good.
+#[test]
+fn idle_connections_are_closed_and_free_their_slots() {
+    let server = GitNfsd::start_with(
+        fixture::store(),
+        "127.0.0.1:0",
+        &["--idle-timeout-secs", "1", "--max-connections", "20"],
+    );
+    let mut idle: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(server.addr).expect("connect"))
+        .collect();
+    // Every slot is taken: after the idle timeout they are all closed...
+    for stream in &mut idle {
+        assert!(closed(stream), "an idle connection stayed open");
+    }
+    assert!(server.metric("gitnfsd_connections_closed_total{name=\"idle\"}") >= 20.0);
+    // ...and a client that talks is served.
+    assert_healthy(&server);
+}

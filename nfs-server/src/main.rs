@@ -93,6 +93,15 @@ struct ServeArgs {
     /// Open client connections allowed at once.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
     max_connections: usize,
+
+    /// Seconds a connection may stay silent with no call in flight before
+    /// it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout_secs: u64,
+
+    /// Seconds a started record may take to arrive in full.
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().record_timeout.as_secs())]
+    record_timeout_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +127,9 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.cache_bytes < 1 << 20 {
         bail!("--cache-bytes must be at least 1048576 (1 MiB)");
+    }
+    if args.idle_timeout_secs == 0 || args.record_timeout_secs == 0 {
+        bail!("--idle-timeout-secs and --record-timeout-secs must be at least 1");
     }
     if args.max_in_flight == 0 || args.max_connections == 0 || args.max_record_bytes < 4096 {
         bail!(
@@ -154,6 +166,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_record_bytes: args.max_record_bytes,
         max_in_flight: args.max_in_flight,
         max_connections: args.max_connections,
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout_secs),
+        record_timeout: std::time::Duration::from_secs(args.record_timeout_secs),
     };
     let access = if args.allow.is_empty() {
         AccessList::default_for_environment(std::env::var_os("FLY_APP_NAME").is_some())

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nfs3_types::rpc::auth_stat;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -44,10 +44,50 @@ pub async fn serve(
     });
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let reason = loop {
+        // Wait for the next record's first byte. Silence is idleness only
+        // when no call is being answered (the client may be waiting for
+        // its replies).
+        let first_byte = async {
+            loop {
+                match tokio::time::timeout(limits.idle_timeout, reader.fill_buf()).await {
+                    Ok(read) => return Some(read.map(|b| b.is_empty())),
+                    Err(_elapsed) if in_flight.available_permits() == limits.max_in_flight => {
+                        return None;
+                    }
+                    Err(_elapsed) => continue,
+                }
+            }
+        };
+        let waited = tokio::select! {
+            () = shutdown.cancelled() => break "shutdown",
+            waited = first_byte => waited,
+        };
+        match waited {
+            None => {
+                tracing::debug!(%peer, timeout = ?limits.idle_timeout, "idle connection closed");
+                break "idle";
+            }
+            Some(Ok(true)) => break "closed",
+            Some(Err(e)) if is_disconnect(&e) => break "closed",
+            Some(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "reading from the connection failed; closing it");
+                break "bad_record";
+            }
+            Some(Ok(false)) => {}
+        }
         let mut record = Vec::new();
         let read = tokio::select! {
             () = shutdown.cancelled() => break "shutdown",
-            read = read_record(&mut reader, &mut record, limits.max_record_bytes) => read,
+            read = tokio::time::timeout(
+                limits.record_timeout,
+                read_record(&mut reader, &mut record, limits.max_record_bytes),
+            ) => match read {
+                Ok(read) => read,
+                Err(_elapsed) => {
+                    tracing::warn!(%peer, timeout = ?limits.record_timeout, "a record did not arrive in time (slow or stalled client); closing the connection");
+                    break "slow_record";
+                }
+            },
         };
         match read {
             Ok(true) => {}

@@ -27,6 +27,13 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Open connections; more are closed on accept.
     pub max_connections: usize,
+    /// A connection with no call in flight that sends nothing for this long
+    /// is closed (clients reconnect when they need to; Linux's closes its
+    /// own idle connections after 5 minutes).
+    pub idle_timeout: std::time::Duration,
+    /// Once a record has begun, all of it must arrive within this time: a
+    /// client trickling bytes (slowloris) cannot hold a connection forever.
+    pub record_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -36,6 +43,8 @@ impl Default for Limits {
             max_record_bytes: crate::nfs3::MAX_READ as usize + 64 * 1024,
             max_in_flight: 64,
             max_connections: 1024,
+            idle_timeout: std::time::Duration::from_secs(900),
+            record_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
