@@ -740,7 +740,12 @@ impl Filesystem {
                 });
             }
             NodeKind::GitFile(file) => self.git_file(export, file)?,
-            NodeKind::StoreFile => return self.read_store_file(export, n, offset, count),
+            NodeKind::StoreFile => {
+                let Node::Worktree { index, .. } = node else {
+                    return Err(FsError::IsDir);
+                };
+                return self.read_store_file(export, n, *index, offset, count);
+            }
             NodeKind::Dir | NodeKind::Gitlink | NodeKind::GitDir => return Err(FsError::IsDir),
             NodeKind::Symlink => return Err(FsError::NotSymlink),
         };
@@ -770,6 +775,7 @@ impl Filesystem {
         &self,
         export: &Export,
         n: &worktree::Node,
+        index: worktree::NodeIndex,
         offset: u64,
         count: u32,
     ) -> Result<ReadChunk, FsError> {
@@ -786,7 +792,16 @@ impl Filesystem {
             path: path.clone(),
             source,
         };
-        let file = std::fs::File::open(&path).map_err(io)?;
+        // Packs were opened with the table and stay readable after a
+        // repack; loose objects are opened now.
+        let opened;
+        let file = match export.tree.open_file(index) {
+            Some(file) => &**file,
+            None => {
+                opened = std::fs::File::open(&path).map_err(io)?;
+                &opened
+            }
+        };
         let mut buf = vec![0u8; want];
         file.read_exact_at(&mut buf, start).map_err(io)?;
         self.count_read("git", want);

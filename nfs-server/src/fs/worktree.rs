@@ -116,6 +116,10 @@ pub struct Worktree {
     pub time: i64,
     nodes: Vec<Node>,
     names: Vec<u8>,
+    /// The store's pack files, held open for as long as the table lives
+    /// (exports keep their table): their bytes stay readable through a
+    /// repack that deletes them.
+    open_files: std::collections::HashMap<NodeIndex, std::sync::Arc<std::fs::File>>,
 }
 
 impl Worktree {
@@ -141,6 +145,7 @@ impl Worktree {
             size: AtomicU64::new(u64::MAX),
         }];
         let mut names = Vec::new();
+        let mut open_files = std::collections::HashMap::new();
         let mut queue = VecDeque::from([(0 as NodeIndex, Source::Tree(root_tree, dotgit))]);
         let mut entries: Vec<Child> = Vec::new();
         while let Some((dir, source)) = queue.pop_front() {
@@ -180,6 +185,9 @@ impl Worktree {
                     }
                     None => {}
                 }
+                if let Some(file) = child.open {
+                    open_files.insert(index, file);
+                }
                 nodes.push(Node {
                     parent: dir,
                     kind: child.kind,
@@ -202,6 +210,7 @@ impl Worktree {
             time,
             nodes,
             names,
+            open_files,
         })
     }
 
@@ -281,6 +290,11 @@ impl Worktree {
         out
     }
 
+    /// The open store file behind `index`, if it was opened with the table.
+    pub fn open_file(&self, index: NodeIndex) -> Option<&std::sync::Arc<std::fs::File>> {
+        self.open_files.get(&index)
+    }
+
     /// Where a [`NodeKind::StoreFile`] lives, relative to the store's
     /// `objects/` folder (`pack/NAME` or `xx/yyyy...`).
     pub fn store_path(&self, node: &Node) -> Option<std::path::PathBuf> {
@@ -351,17 +365,23 @@ struct Child {
     oid: ObjectId,
     size: Option<u64>,
     next: Option<Next>,
+    open: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl Child {
     fn synthetic(entry: dotgit::Entry) -> Self {
         let null = ObjectId::null(gix::hash::Kind::Sha1);
-        let (kind, size, next) = match entry.kind {
-            dotgit::EntryKind::Dir(children) => {
-                (NodeKind::GitDir, None, Some(Next::Synthetic(children)))
+        let (kind, size, next, open) = match entry.kind {
+            dotgit::EntryKind::Dir(children) => (
+                NodeKind::GitDir,
+                None,
+                Some(Next::Synthetic(children)),
+                None,
+            ),
+            dotgit::EntryKind::File(f) => (NodeKind::GitFile(f), None, None, None),
+            dotgit::EntryKind::StoreFile { size, open } => {
+                (NodeKind::StoreFile, Some(size), None, open)
             }
-            dotgit::EntryKind::File(f) => (NodeKind::GitFile(f), None, None),
-            dotgit::EntryKind::StoreFile { size } => (NodeKind::StoreFile, Some(size), None),
         };
         Self {
             name: entry.name,
@@ -369,6 +389,7 @@ impl Child {
             oid: null,
             size,
             next,
+            open,
         }
     }
 }
@@ -405,6 +426,7 @@ fn tree_entries(
             oid: entry.oid.to_owned(),
             size: None,
             next,
+            open: None,
         });
     }
     Ok(())

@@ -20,6 +20,7 @@
 pub mod content;
 pub mod index;
 
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
 /// Synthesized files whose contents depend on the export.
@@ -45,9 +46,11 @@ pub enum EntryKind {
     Dir(Vec<Entry>),
     File(GitFile),
     /// A file of the store's `objects/` folder, served byte for byte; the
-    /// size is the one seen when the worktree was loaded.
+    /// size is the one seen when the worktree was loaded. Pack files come
+    /// open: the export keeps reading them even if a repack deletes them.
     StoreFile {
         size: u64,
+        open: Option<std::sync::Arc<std::fs::File>>,
     },
 }
 
@@ -99,9 +102,20 @@ fn objects(objects_dir: &Path) -> Vec<Entry> {
             .iter()
             .any(|ext| name.ends_with(ext.as_bytes()));
         if keep {
+            let path = objects_dir
+                .join("pack")
+                .join(std::ffi::OsStr::from_bytes(&name));
+            // Opened now, so a repack that deletes it later cannot take it
+            // from exports made before; if it is already gone, leave it out.
+            let Some(file) = open_shared(&path) else {
+                continue;
+            };
             pack.push(Entry {
                 name,
-                kind: EntryKind::StoreFile { size },
+                kind: EntryKind::StoreFile {
+                    size,
+                    open: Some(file),
+                },
             });
         }
     }
@@ -121,7 +135,7 @@ fn objects(objects_dir: &Path) -> Vec<Entry> {
             .filter(|(n, _)| n.len() == 38 && n.iter().all(u8::is_ascii_hexdigit))
             .map(|(name, size)| Entry {
                 name,
-                kind: EntryKind::StoreFile { size },
+                kind: EntryKind::StoreFile { size, open: None },
             })
             .collect();
         if !loose.is_empty() {
@@ -129,6 +143,24 @@ fn objects(objects_dir: &Path) -> Vec<Entry> {
         }
     }
     out
+}
+
+/// Pack files open somewhere in this process, by path: every table of a
+/// repository shares one descriptor per pack (a pack's name is the hash of
+/// its contents, so one path is one content for good).
+static OPEN_PACKS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Weak<std::fs::File>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn open_shared(path: &Path) -> Option<std::sync::Arc<std::fs::File>> {
+    let mut open = OPEN_PACKS.lock().ok()?;
+    if let Some(file) = open.get(path).and_then(std::sync::Weak::upgrade) {
+        return Some(file);
+    }
+    let file = std::sync::Arc::new(std::fs::File::open(path).ok()?);
+    open.retain(|_, weak| weak.strong_count() > 0);
+    open.insert(path.to_owned(), std::sync::Arc::downgrade(&file));
+    Some(file)
 }
 
 fn files_in(dir: &Path) -> Vec<(Vec<u8>, u64)> {

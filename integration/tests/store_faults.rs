@@ -1,0 +1,97 @@
+//! The store changing under mounted exports: an export keeps serving the
+//! same bytes, new mounts see the new state.
+
+use std::path::Path;
+
+use integration::client::RpcClient;
+use integration::fixture::git;
+use integration::server::GitNfsd;
+
+const IDENTITY: [&str; 4] = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"];
+
+fn commit_file(work: &Path, name: &str, content: &[u8]) {
+    std::fs::write(work.join(name), content).expect("write");
+    git(work, &["add", "."]);
+    git(
+        work,
+        &[&IDENTITY[..], &["commit", "-q", "-m", name]].concat(),
+    );
+    git(work, &["push", "-q", "origin", "main"]);
+}
+
+/// `git gc --prune=now` deletes the packs a mounted export lists in its
+/// `.git/objects/pack`; the export still reads them (and its files) byte
+/// for byte, while a new mount lists the new packs and sees the new commit.
+#[test]
+fn a_repack_does_not_change_a_mounted_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let bare = store.join("app.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    let work = dir.path().join("work");
+    git(dir.path(), &["clone", "-q", bare.to_str().unwrap(), "work"]);
+    let first: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    commit_file(&work, "first.bin", &first);
+    git(&bare, &["repack", "-q", "-a", "-d"]);
+
+    let server = GitNfsd::start(&store);
+    let mut client = RpcClient::connect(server.addr);
+    let root = client.mount("/app@main").unwrap();
+    let pack_dir = client.walk(&root, ".git/objects/pack").unwrap();
+    let names: Vec<String> = client
+        .readdir_all(&pack_dir, 4096)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .filter(|n| n.ends_with(".pack"))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let pack = client.lookup(&pack_dir, names[0].as_bytes()).unwrap();
+    let pack_before = client.read_all(&pack, 65536).unwrap();
+    assert_eq!(
+        pack_before,
+        std::fs::read(bare.join("objects/pack").join(&names[0])).unwrap()
+    );
+
+    // A new commit, then a repack that deletes the old pack.
+    commit_file(&work, "second.txt", b"second\n");
+    git(&bare, &["gc", "-q", "--prune=now"]);
+    assert!(
+        !bare.join("objects/pack").join(&names[0]).exists(),
+        "gc replaced the pack"
+    );
+
+    // The mounted export: the same pack bytes, the same file.
+    assert_eq!(client.read_all(&pack, 65536).unwrap(), pack_before);
+    let file = client.walk(&root, "first.bin").unwrap();
+    assert_eq!(client.read_all(&file, 65536).unwrap(), first);
+    assert!(client.walk(&root, "second.txt").is_err(), "pinned commit");
+
+    // A new mount sees the new commit and lists the new pack.
+    let mut fresh = RpcClient::connect(server.addr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let new_root = loop {
+        let root = fresh.mount("/app@main").unwrap();
+        if fresh.walk(&root, "second.txt").is_ok() {
+            break root;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new commit never seen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let new_pack_dir = fresh.walk(&new_root, ".git/objects/pack").unwrap();
+    let new_names: Vec<Vec<u8>> = fresh
+        .readdir_all(&new_pack_dir, 4096)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(!new_names.contains(&names[0].clone().into_bytes()));
+    let file = fresh.walk(&new_root, "first.bin").unwrap();
+    assert_eq!(fresh.read_all(&file, 65536).unwrap(), first);
+}
