@@ -95,3 +95,110 @@ fn a_repack_does_not_change_a_mounted_export() {
     let file = fresh.walk(&new_root, "first.bin").unwrap();
     assert_eq!(fresh.read_all(&file, 65536).unwrap(), first);
 }
+
+/// A store of two repositories, each with one commit, fully packed.
+fn two_repo_store(dir: &Path) -> std::path::PathBuf {
+    let store = dir.join("store");
+    for (name, file, content) in [
+        ("app", "app.txt", b"app\n".as_slice()),
+        ("lib", "lib.txt", b"lib\n".as_slice()),
+    ] {
+        let bare = store.join(format!("{name}.git"));
+        std::fs::create_dir_all(&bare).expect("store");
+        git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+        let work = dir.join(format!("work-{name}"));
+        git(
+            dir,
+            &[
+                "clone",
+                "-q",
+                bare.to_str().expect("UTF-8"),
+                work.to_str().expect("UTF-8"),
+            ],
+        );
+        commit_file(&work, file, content);
+        git(&bare, &["repack", "-q", "-a", "-d"]);
+    }
+    store
+}
+
+/// A repository deleted from the store: its mounted export answers STALE,
+/// a new mount of it fails cleanly, and the other repository is untouched.
+#[test]
+fn a_deleted_repository_is_stale_and_others_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = two_repo_store(dir.path());
+    let server = GitNfsd::start(&store);
+    let mut client = RpcClient::connect(server.addr);
+    let app = client.mount("/app@main").unwrap();
+    let lib = client.mount("/lib@main").unwrap();
+    let lib_file = client.walk(&lib, "lib.txt").unwrap();
+    assert_eq!(client.read_all(&lib_file, 4096).unwrap(), b"lib\n");
+
+    std::fs::remove_dir_all(store.join("lib.git")).unwrap();
+    // The store is rescanned at most once a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match client.getattr(&lib) {
+            Err(status) => {
+                assert_eq!(format!("{status:?}"), "NFS3ERR_STALE");
+                break;
+            }
+            Ok(_) => {
+                assert!(std::time::Instant::now() < deadline, "never went stale");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+    assert!(client.mount("/lib@main").is_err(), "unknown repository now");
+    let app_file = client.walk(&app, "app.txt").unwrap();
+    assert_eq!(client.read_all(&app_file, 4096).unwrap(), b"app\n");
+    let mut fresh = RpcClient::connect(server.addr);
+    assert!(fresh.mount("/app@main").is_ok());
+}
+
+/// A pack truncated under the server: gix reads packs through a memory
+/// map, where a truncated file would kill the process (SIGBUS). The server
+/// notices the shorter pack first: reads of that repository's objects that
+/// are not cached answer NFS3ERR_IO (one log line), the server keeps
+/// running, and other repositories are served.
+#[test]
+fn a_truncated_pack_fails_its_repository_reads_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = two_repo_store(dir.path());
+    let bare = store.join("app.git");
+    let doomed: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    commit_file(&dir.path().join("work-app"), "doomed.bin", &doomed);
+    git(&bare, &["repack", "-q", "-d"]);
+    let newest = std::fs::read_dir(bare.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+
+    let mut server = GitNfsd::start(&store);
+    let mut client = RpcClient::connect(server.addr);
+    let root = client.mount("/app@main").unwrap();
+    let doomed_fh = client.walk(&root, "doomed.bin").unwrap();
+    // Cut the pack holding doomed.bin in half, before it was ever read.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap();
+    file.set_len(std::fs::metadata(&newest).unwrap().len() / 2)
+        .unwrap();
+
+    let status = client.read_all(&doomed_fh, 65536).unwrap_err();
+    assert_eq!(format!("{status:?}"), "NFS3ERR_IO");
+    assert!(
+        server.is_running(),
+        "the server survived the truncated pack"
+    );
+    let mut other = RpcClient::connect(server.addr);
+    let lib = other.mount("/lib@main").unwrap();
+    let lib_file = other.walk(&lib, "lib.txt").unwrap();
+    assert_eq!(other.read_all(&lib_file, 4096).unwrap(), b"lib\n");
+}

@@ -462,6 +462,11 @@ impl Filesystem {
                     .store
                     .repo_by_id(repo)
                     .ok_or(FsError::Stale("repository is gone from the store"))?;
+                // Deleted from the store since the last scan: its exports are
+                // gone too, even where they are still cached.
+                if !repo.path.is_dir() {
+                    return Err(FsError::Stale("repository was deleted from the store"));
+                }
                 let export = match self.export(&repo, commit, head, None) {
                     Ok(export) => export,
                     Err(e) if matches!(*e, BuildError::Commit { .. }) => {

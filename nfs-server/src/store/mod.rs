@@ -35,6 +35,25 @@ pub struct Repo {
     pub id: RepoId,
     pub path: PathBuf,
     git: gix::ThreadSafeRepository,
+    /// The size each pack file had when first seen. Packs never change
+    /// size; one that shrank was truncated, and reading it through gix's
+    /// memory map would kill the process (SIGBUS).
+    pack_sizes: Mutex<HashMap<PathBuf, PackSeen>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PackSeen {
+    size: u64,
+    reported: bool,
+}
+
+/// A pack file of the store that is shorter than when it was first seen.
+#[derive(Debug, Error)]
+#[error("pack {path} was truncated from {was} to {now} bytes; its objects cannot be read")]
+pub struct PackTruncated {
+    pub path: PathBuf,
+    pub was: u64,
+    pub now: u64,
 }
 
 impl std::fmt::Debug for Repo {
@@ -54,7 +73,45 @@ impl Repo {
             name,
             path,
             git,
+            pack_sizes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Checks that no pack file shrank since it was first seen; call it
+    /// before gix reads objects. Logs each truncated pack once.
+    pub fn packs_intact(&self) -> Result<(), PackTruncated> {
+        let dir = self.objects_dir().join("pack");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let Ok(mut seen) = self.pack_sizes.lock() else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "pack") {
+                continue;
+            }
+            let Ok(now) = entry.metadata().map(|m| m.len()) else {
+                continue;
+            };
+            let first = seen.entry(path.clone()).or_insert(PackSeen {
+                size: now,
+                reported: false,
+            });
+            if now < first.size {
+                if !first.reported {
+                    first.reported = true;
+                    tracing::error!(repo = %self.name, path = %path.display(), was = first.size, now, "a pack file was truncated; reads of this repository's objects fail until it is restored");
+                }
+                return Err(PackTruncated {
+                    was: first.size,
+                    now,
+                    path,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A handle on this thread. Cheap; call it on a blocking thread.

@@ -36,6 +36,13 @@ pub enum ObjectError {
         oid: ObjectId,
         kind: gix::objs::Kind,
     },
+    #[error("cannot read object {oid} from {repo}")]
+    Truncated {
+        repo: String,
+        oid: ObjectId,
+        #[source]
+        source: super::PackTruncated,
+    },
     #[error("cannot spill blob {oid} to {path}")]
     Spill {
         oid: ObjectId,
@@ -224,6 +231,7 @@ impl BlobCache {
     }
 
     fn decode(&self, repo: &Repo, oid: ObjectId) -> Result<Vec<u8>, ObjectError> {
+        intact(repo, oid)?;
         let read_err = |source| ObjectError::Read {
             repo: repo.name.clone(),
             oid,
@@ -251,6 +259,7 @@ impl BlobCache {
         if let Some(file) = self.spill.files.get(&oid) {
             return Ok(file.len);
         }
+        intact(repo, oid)?;
         let header = repo
             .local()
             .find_header(oid)
@@ -261,6 +270,16 @@ impl BlobCache {
             })?;
         Ok(header.size())
     }
+}
+
+/// Refuses to let gix touch a truncated pack of `repo`.
+fn intact(repo: &Repo, oid: ObjectId) -> Result<(), ObjectError> {
+    repo.packs_intact()
+        .map_err(|source| ObjectError::Truncated {
+            repo: repo.name.clone(),
+            oid,
+            source,
+        })
 }
 
 /// A decode error shared by concurrent waiters (moka hands each an `Arc`):
