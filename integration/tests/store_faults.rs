@@ -159,11 +159,11 @@ fn a_deleted_repository_is_stale_and_others_are_unaffected() {
 
 /// A pack truncated under the server: gix reads packs through a memory
 /// map, where a truncated file would kill the process (SIGBUS). The server
-/// notices the shorter pack first: reads of that repository's objects that
-/// are not cached answer NFS3ERR_IO (one log line), the server keeps
-/// running, and other repositories are served.
+/// notices the shorter pack first: reads of the objects in it answer
+/// NFS3ERR_IO (one log line), the server keeps running, and objects of
+/// the repository's other packs and other repositories are served.
 #[test]
-fn a_truncated_pack_fails_its_repository_reads_and_nothing_else() {
+fn a_truncated_pack_fails_only_its_own_objects() {
     let dir = tempfile::tempdir().unwrap();
     let store = two_repo_store(dir.path());
     let bare = store.join("app.git");

@@ -41,10 +41,13 @@ pub struct Repo {
     pack_sizes: Mutex<HashMap<PathBuf, PackSeen>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 struct PackSeen {
     size: u64,
     reported: bool,
+    /// The pack's index, opened once the pack is found truncated, to tell
+    /// which objects are lost with it.
+    index: Option<Arc<gix::odb::pack::index::File>>,
 }
 
 /// A pack file of the store that is shorter than when it was first seen.
@@ -77,9 +80,12 @@ impl Repo {
         })
     }
 
-    /// Checks that no pack file shrank since it was first seen; call it
-    /// before gix reads objects. Logs each truncated pack once.
-    pub fn packs_intact(&self) -> Result<(), PackTruncated> {
+    /// Checks that `oid` is not in a pack file that shrank since it was
+    /// first seen; call it before gix reads the object. An object of a
+    /// truncated pack cannot be read (gix would fault on the missing part
+    /// of its memory map), the others can: packs are self-contained. Logs
+    /// each truncated pack once.
+    pub fn packs_intact(&self, oid: &gix::oid) -> Result<(), PackTruncated> {
         let dir = self.objects_dir().join("pack");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Ok(());
@@ -95,17 +101,34 @@ impl Repo {
             let Ok(now) = entry.metadata().map(|m| m.len()) else {
                 continue;
             };
-            let first = seen.entry(path.clone()).or_insert(PackSeen {
+            let pack = seen.entry(path.clone()).or_insert(PackSeen {
                 size: now,
                 reported: false,
+                index: None,
             });
-            if now < first.size {
-                if !first.reported {
-                    first.reported = true;
-                    tracing::error!(repo = %self.name, path = %path.display(), was = first.size, now, "a pack file was truncated; reads of this repository's objects fail until it is restored");
-                }
+            if now >= pack.size {
+                continue;
+            }
+            if !pack.reported {
+                pack.reported = true;
+                tracing::error!(repo = %self.name, path = %path.display(), was = pack.size, now, "a pack file was truncated; the objects in it cannot be read until it is restored");
+            }
+            if pack.index.is_none() {
+                pack.index = gix::odb::pack::index::File::at(
+                    path.with_extension("idx"),
+                    gix::hash::Kind::Sha1,
+                )
+                .ok()
+                .map(Arc::new);
+            }
+            // Without a readable index, assume the worst.
+            let lost = pack
+                .index
+                .as_ref()
+                .is_none_or(|index| index.lookup(oid).is_some());
+            if lost {
                 return Err(PackTruncated {
-                    was: first.size,
+                    was: pack.size,
                     now,
                     path,
                 });

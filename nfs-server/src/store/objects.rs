@@ -274,7 +274,7 @@ impl BlobCache {
 
 /// Refuses to let gix touch a truncated pack of `repo`.
 fn intact(repo: &Repo, oid: ObjectId) -> Result<(), ObjectError> {
-    repo.packs_intact()
+    repo.packs_intact(&oid)
         .map_err(|source| ObjectError::Truncated {
             repo: repo.name.clone(),
             oid,
