@@ -247,18 +247,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn rss_mib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        / 1024
-}
-
 fn main() {
     let (store, data) = prepare();
     // Default flags: the 256 MiB file is larger than the blob cache, so it
@@ -307,7 +295,7 @@ fn main() {
     rows.push(format!(
         "| server RSS after the runs | {} MiB | {} MiB | |",
         nfsd.rss_kib() / 1024,
-        rss_mib(ganesha.ganesha.id())
+        integration::rss_kib(ganesha.ganesha.id()) / 1024
     ));
 
     println!("git-nfsd vs nfs-ganesha, libnfs client, medians of {ROUNDS} alternating runs");

@@ -30,17 +30,6 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// A follower of the current session that reports when `needle` arrives.
 struct Follower {
     stream:
@@ -222,7 +211,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let runner = AgentRunner::repl(dir.path());
     let mcp = runner.mcp().await;
-    let rss_idle = rss_kib(runner.pid());
+    let rss_idle = integration::rss_kib(runner.pid());
 
     mcp.call("start", json!({})).await.ok();
     let (ours, after_return) = message_round_trips(&runner, &mcp).await;
@@ -239,7 +228,7 @@ async fn main() {
     message(&mcp, "spew 400000").await;
     let mut rss_followers = 0;
     while !followers.iter().all(|f| f.is_finished()) {
-        rss_followers = rss_followers.max(rss_kib(runner.pid()));
+        rss_followers = rss_followers.max(integration::rss_kib(runner.pid()));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for f in followers {

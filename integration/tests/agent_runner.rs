@@ -654,18 +654,6 @@ async fn runner_killed_while_the_agent_runs_loses_no_output() {
     assert_eq!(mcp.call("start", json!({})).await.ok()["session"], 2);
 }
 
-/// VmRSS of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// 500 followers and one that stops reading: the agent still prints all it
 /// has to, every reading follower gets every byte, and the runner's memory
 /// stays bounded (each follower holds one read chunk, not the output).
@@ -706,7 +694,7 @@ async fn five_hundred_followers_and_a_stalled_one() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rss_before = rss_kib(runner.pid());
+    let rss_before = integration::rss_kib(runner.pid());
     mcp.call("message", json!({"text": "spew 100000"}))
         .await
         .ok();
@@ -716,13 +704,13 @@ async fn five_hundred_followers_and_a_stalled_one() {
         .await
         .contains("spewed")
     {
-        rss_peak = rss_peak.max(rss_kib(runner.pid()));
+        rss_peak = rss_peak.max(integration::rss_kib(runner.pid()));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     mcp.call("message", json!({"text": "exit"})).await.ok();
     let mut totals = Vec::new();
     for follower in followers {
-        rss_peak = rss_peak.max(rss_kib(runner.pid()));
+        rss_peak = rss_peak.max(integration::rss_kib(runner.pid()));
         totals.push(tokio::time::timeout(WAIT, follower).await.unwrap().unwrap());
     }
     let whole = runner.get_text("/live").await.len();
