@@ -91,6 +91,11 @@ impl Coordinator {
         format!("{}{path}", self.url)
     }
 
+    /// `GET path` on the coordinator.
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("GET")
+    }
+
     async fn put_agent(&self, name: &str, body: Value) -> (u16, Value) {
         let response = self
             .http
@@ -112,6 +117,14 @@ async fn json_of(response: reqwest::Response) -> Value {
     response.json().await.expect("a JSON answer")
 }
 
+/// The `error` text of a JSON error answer.
+async fn error_of(response: reqwest::Response) -> String {
+    json_of(response).await["error"]
+        .as_str()
+        .expect("an error message")
+        .to_owned()
+}
+
 #[tokio::test]
 async fn waking_a_stopped_machine_then_replaying_to_it() {
     let c = coordinator(&[]).await;
@@ -119,12 +132,7 @@ async fn waking_a_stopped_machine_then_replaying_to_it() {
         .add_machine(runner_machine("m1", "stopped", owned("alice")));
 
     // Named in the path: a JSON replay that strips /agents/alice.
-    let response = c
-        .http
-        .get(c.url("/agents/alice/live?offset=3&follow=1"))
-        .send()
-        .await
-        .unwrap();
+    let response = c.get("/agents/alice/live?offset=3&follow=1").await;
     assert_eq!(response.status(), 409);
     assert_eq!(
         response.headers()["content-type"],
@@ -197,12 +205,7 @@ async fn a_started_machine_is_not_started_again() {
         "stopped",
         json!({"repo": "app@main"}),
     ));
-    let response = c
-        .http
-        .get(c.url("/agents/alice/screen"))
-        .send()
-        .await
-        .unwrap();
+    let response = c.get("/agents/alice/screen").await;
     assert_eq!(response.status(), 409);
     assert_eq!(json_of(response).await["instance"], "m1");
     let lists = c.api.calls_to(Method::GET, "/machines");
@@ -217,7 +220,7 @@ async fn a_suspended_machine_is_started() {
     let c = coordinator(&[]).await;
     c.api
         .add_machine(runner_machine("m1", "suspended", owned("alice")));
-    let response = c.http.get(c.url("/agents/alice/")).send().await.unwrap();
+    let response = c.get("/agents/alice/").await;
     assert_eq!(response.status(), 409);
     assert_eq!(json_of(response).await["transform"]["path"], "/");
     assert_eq!(c.api.calls_to(Method::POST, "/machines/m1/start").len(), 1);
@@ -236,12 +239,7 @@ async fn a_machine_still_stopping_is_started_once_it_settles() {
         machine["state"] = json!("stopped");
         api.add_machine(machine);
     });
-    let response = c
-        .http
-        .get(c.url("/agents/alice/live"))
-        .send()
-        .await
-        .unwrap();
+    let response = c.get("/agents/alice/live").await;
     assert_eq!(response.status(), 409);
     // Looked at again until it settled, then started: a start while it was
     // stopping would have been refused.
@@ -304,15 +302,10 @@ async fn a_first_put_creates_a_volume_and_a_machine() {
     let machine = body["machine"].as_str().unwrap().to_owned();
 
     // Now the agent exists: describe it, route to it.
-    let described = json_of(c.http.get(c.url("/agents/bob")).send().await.unwrap()).await;
+    let described = json_of(c.get("/agents/bob").await).await;
     assert_eq!(described["machine"], machine.as_str());
     assert_eq!(described["repo"], "app@main");
-    let response = c
-        .http
-        .get(c.url("/agents/bob/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let response = c.get("/agents/bob/healthz").await;
     assert_eq!(json_of(response).await["instance"], machine.as_str());
 }
 
@@ -444,7 +437,7 @@ async fn delete_releases_the_machine_for_reuse() {
     assert!(machine["config"]["metadata"].get("agent").is_none());
     assert_eq!(machine["config"]["metadata"]["repo"], "app@main");
 
-    let response = c.http.get(c.url("/agents/erin")).send().await.unwrap();
+    let response = c.get("/agents/erin").await;
     assert_eq!(response.status(), 404);
     // The next agent of app@main gets it.
     let (_, body) = c
@@ -475,12 +468,7 @@ async fn rate_limits_are_retried() {
         times: Some(1),
         retry_after: None,
     });
-    let response = c
-        .http
-        .get(c.url("/agents/alice/live"))
-        .send()
-        .await
-        .unwrap();
+    let response = c.get("/agents/alice/live").await;
     assert_eq!(response.status(), 409);
     assert_eq!(
         c.api.calls_to(Method::GET, "/apps/runners/machines").len(),
@@ -501,17 +489,9 @@ async fn a_failing_api_is_a_clear_error_not_a_hang() {
         times: None,
         retry_after: None,
     });
-    let response = c
-        .http
-        .get(c.url("/agents/alice/live"))
-        .send()
-        .await
-        .unwrap();
+    let response = c.get("/agents/alice/live").await;
     assert_eq!(response.status(), 502);
-    let error = json_of(response).await["error"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let error = error_of(response).await;
     assert!(error.contains("/machines/m1/start"), "{error}");
     assert!(error.contains("500"), "{error}");
     assert!(error.contains("scripted failure"), "{error}");
@@ -555,17 +535,9 @@ async fn a_machine_that_never_starts_times_out() {
     c.api
         .add_machine(runner_machine("m1", "stopped", owned("alice")));
     c.api.never_start();
-    let response = c
-        .http
-        .get(c.url("/agents/alice/live"))
-        .send()
-        .await
-        .unwrap();
+    let response = c.get("/agents/alice/live").await;
     assert_eq!(response.status(), 504);
-    let error = json_of(response).await["error"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let error = error_of(response).await;
     assert!(error.contains("did not reach started"), "{error}");
     assert!(error.contains("m1"), "{error}");
     assert!(!c.api.calls_to(Method::GET, "/machines/m1/wait").is_empty());
@@ -584,13 +556,10 @@ async fn unknown_agents_are_404() {
     ] {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 404);
-        let error = json_of(response).await["error"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let error = error_of(response).await;
         assert!(error.contains("no agent named nobody"), "{error}");
     }
-    let response = c.http.get(c.url("/elsewhere")).send().await.unwrap();
+    let response = c.get("/elsewhere").await;
     assert_eq!(response.status(), 404);
     assert!(
         json_of(response).await["error"]
@@ -613,7 +582,7 @@ async fn invalid_names_and_requests_are_400_without_api_calls() {
         format!("/agents/{long}/live"),
         format!("/agents/{long}"),
     ] {
-        let response = c.http.get(c.url(&path)).send().await.unwrap();
+        let response = c.get(&path).await;
         assert_eq!(response.status(), 400, "{path}");
         assert!(
             json_of(response).await["error"]
@@ -724,7 +693,7 @@ async fn healthz_needs_no_machines_api() {
         times: None,
         retry_after: None,
     });
-    let response = c.http.get(c.url("/healthz")).send().await.unwrap();
+    let response = c.get("/healthz").await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         json_of(response).await,
