@@ -12,6 +12,7 @@
 //!   the wire and the model.
 //! - [`fs`]: the filesystem model (no NFS types), over [`store`] (`gix`,
 //!   caches, read-only).
+//! - [`fuzzing`]: the entry points of the fuzz targets in `nfs-server/fuzz`.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -30,6 +31,7 @@
 pub mod acl;
 pub mod dispatch;
 pub mod fs;
+pub mod fuzzing;
 pub mod handle;
 pub mod metrics;
 pub mod mount;
