@@ -20,6 +20,17 @@ impl GitNfsd {
 
     /// Starts a server on `store` listening on `listen`, with extra flags.
     pub fn start_with(store: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::spawn(store, listen, extra, Stdio::inherit())
+    }
+
+    /// Like [`GitNfsd::start_with`] on 127.0.0.1, with the server's log
+    /// (stderr) written to `log`, for tests that count log lines.
+    pub fn start_logging_to(store: &Path, extra: &[&str], log: &Path) -> Self {
+        let file = std::fs::File::create(log).expect("creating the server log");
+        Self::spawn(store, "127.0.0.1:0", extra, Stdio::from(file))
+    }
+
+    fn spawn(store: &Path, listen: &str, extra: &[&str], stderr: Stdio) -> Self {
         let mut child = Command::new(crate::workspace_bin("git-nfsd"))
             .args([
                 "serve",
@@ -33,7 +44,7 @@ impl GitNfsd {
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("starting git-nfsd");
         let stdout = child.stdout.take().expect("stdout piped");

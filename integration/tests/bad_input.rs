@@ -277,3 +277,139 @@ fn idle_connections_are_closed_and_free_their_slots() {
     // ...and a client that talks is served.
     assert_healthy(&server);
 }
+
+/// One NULL call record (AUTH_NONE), with its record mark.
+fn null_call(xid: u32) -> Vec<u8> {
+    let mut v = 0x8000_0028u32.to_be_bytes().to_vec();
+    for w in [xid, 0, 2, 100_003, 3, 0, 0, 0, 0, 0] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v
+}
+
+/// `count` copies of `record`, sent in batches of 64 KiB or so.
+fn flood(stream: &mut TcpStream, record: &[u8], count: usize) -> std::io::Result<()> {
+    let per_batch = (64 * 1024 / record.len()).max(1);
+    let batch = record.repeat(per_batch);
+    let mut sent = 0;
+    while sent < count {
+        let n = per_batch.min(count - sent);
+        stream.write_all(&batch[..n * record.len()])?;
+        sent += n;
+    }
+    Ok(())
+}
+
+/// Millions of tiny records: a million NULL calls pipelined on a connection
+/// that reads its replies, as many on one that never reads them (the server
+/// must stop reading from it rather than queue replies), and a million
+/// records that are not calls. A well-behaved client is served throughout,
+/// memory stays bounded and the log does not grow with the records.
+#[test]
+fn a_flood_of_tiny_records_keeps_memory_and_log_bounded() {
+    const RECORDS: usize = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("git-nfsd.log");
+    let server = GitNfsd::start_logging_to(fixture::store(), &[], &log);
+    assert_healthy(&server);
+    let rss_before = server.rss_kib();
+
+    // Replies read: every call is answered.
+    let mut answered = TcpStream::connect(server.addr).unwrap();
+    let mut replies = answered.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut bytes = 0usize;
+        // Each NULL reply is 28 bytes: mark, xid, REPLY, ACCEPTED, verifier, SUCCESS.
+        while bytes < RECORDS * 28 {
+            let n = replies.read(&mut buf).expect("reading replies");
+            assert!(n > 0, "connection closed after {} replies", bytes / 28);
+            bytes += n;
+        }
+        bytes / 28
+    });
+    let sender = std::thread::spawn(move || flood(&mut answered, &null_call(1), RECORDS));
+
+    // Replies never read: the server stops reading once its queue is full.
+    let mut deaf = TcpStream::connect(server.addr).unwrap();
+    deaf.set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let deaf_result = flood(&mut deaf, &null_call(2), RECORDS);
+    assert!(
+        deaf_result.is_err(),
+        "a client that reads no replies could send a million calls"
+    );
+
+    // Not calls at all (message type 1): ignored, and the connection stays usable.
+    let mut not_calls = TcpStream::connect(server.addr).unwrap();
+    let mut reply_record = 0x8000_0008u32.to_be_bytes().to_vec();
+    reply_record.extend_from_slice(&[0, 0, 0, 3, 0, 0, 0, 1]);
+    flood(&mut not_calls, &reply_record, RECORDS).unwrap();
+    not_calls.write_all(&null_call(4)).unwrap();
+    not_calls
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut reply = [0u8; 28];
+    not_calls.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        reply[4..8],
+        4u32.to_be_bytes(),
+        "the NULL call after the flood"
+    );
+
+    assert_healthy(&server);
+    sender.join().unwrap().unwrap();
+    assert_eq!(reader.join().unwrap(), RECORDS);
+    assert_healthy(&server);
+
+    let growth_mib = server.rss_kib().saturating_sub(rss_before) / 1024;
+    let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+    eprintln!("flood: RSS grew by {growth_mib} MiB, {lines} log lines");
+    assert!(growth_mib < 128, "RSS grew by {growth_mib} MiB");
+    assert!(lines < 50, "{lines} log lines for three million records");
+    drop(deaf);
+}
+
+/// READ, READDIR and READDIRPLUS with absurd counts and offsets get bounded,
+/// correct answers: never more than the advertised maximum, never an error
+/// for a count that is merely too large.
+#[test]
+fn absurd_counts_and_offsets_get_bounded_answers() {
+    let server = GitNfsd::start(fixture::store());
+    let mut c = RpcClient::connect(server.addr);
+    let root = c.mount("/app").expect("mount");
+    let big = c.walk(&root, "big/random.bin").expect("big file");
+    let (data, eof) = c.read(&big, 0, u32::MAX).expect("READ of 4 GiB");
+    assert_eq!(data.len(), 1 << 20, "clamped to rtmax");
+    assert!(!eof);
+    let (data, eof) = c
+        .read(&big, u64::MAX, u32::MAX)
+        .expect("READ at the last offset");
+    assert!(data.is_empty() && eof);
+    let (data, eof) = c
+        .read(&big, 20_000_000 - 10, u32::MAX)
+        .expect("READ of the tail");
+    assert_eq!((data.len(), eof), (10, true));
+    let (data, eof) = c.read(&big, 5, 0).expect("READ of nothing");
+    assert!(data.is_empty() && !eof);
+
+    let many = c.walk(&root, "many").expect("many/");
+    let listing = c
+        .readdir_all(&many, u32::MAX)
+        .expect("READDIR of 4 GiB pages");
+    assert!(listing.entries.len() > 1000);
+    let plus = c
+        .readdirplus_all(&many, u32::MAX, u32::MAX)
+        .expect("READDIRPLUS of 4 GiB pages");
+    assert_eq!(plus.entries.len(), listing.entries.len());
+    // A page too small for one entry is TOOSMALL, not a hang or a crash.
+    assert_eq!(
+        c.readdir_all(&many, 0).err(),
+        Some(nfsstat3::NFS3ERR_TOOSMALL)
+    );
+    assert_eq!(
+        c.readdirplus_all(&many, 0, 0).err(),
+        Some(nfsstat3::NFS3ERR_TOOSMALL)
+    );
+    assert_healthy(&server);
+}

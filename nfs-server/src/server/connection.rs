@@ -20,6 +20,10 @@ use crate::metrics::Metrics;
 use crate::rpc::record::{RecordError, read_record, reply_buffer, seal_reply};
 use crate::rpc::{CallError, Reply, parse_call};
 
+/// RFC 5531 §12: procedure 0 of every program is the null procedure, which
+/// takes no arguments and does no work.
+const NULL_PROCEDURE: u32 = 0;
+
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -145,6 +149,17 @@ pub async fn serve(
                 continue;
             }
         };
+        if header.proc_ == NULL_PROCEDURE {
+            // Nothing to do but answer: a flood of pings must not cost a
+            // task and a blocking thread each.
+            let started = Instant::now();
+            let reply = (procedure.handler)(&ctx, &header, &record[args_at..]);
+            ctx.metrics
+                .observe_call(procedure.program, procedure.name, started.elapsed());
+            send(&replies, &ctx.metrics, header.xid, reply).await;
+            drop(permit);
+            continue;
+        }
         let ctx = Arc::clone(&ctx);
         let replies = replies.clone();
         tokio::spawn(async move {
