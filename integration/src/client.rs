@@ -68,7 +68,26 @@ fn auth_sys() -> Vec<u8> {
 
 impl RpcClient {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).expect("connect to git-nfsd");
+        Self::with_stream(TcpStream::connect(addr).expect("connect to git-nfsd"))
+    }
+
+    /// Connects from the local address `from` (another loopback address,
+    /// say), so that one machine can play several clients.
+    pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> Self {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(from, 0).into())
+            .expect("binding the client's source address");
+        socket.connect(&addr.into()).expect("connect to git-nfsd");
+        Self::with_stream(socket.into())
+    }
+
+    fn with_stream(stream: TcpStream) -> Self {
         stream.set_nodelay(true).expect("nodelay");
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))

@@ -50,13 +50,13 @@ fn null(_: &Context, _: &CallHeader, _: &[u8]) -> Reply {
     Reply::Success(Vec::new())
 }
 
-fn getacl(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+fn getacl(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let a: GetAclArgs = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
     let mut out = Vec::with_capacity(160);
-    let node = match resolve(ctx, a.fh) {
+    let node = match resolve(ctx, call, a.fh) {
         Ok(node) => node,
         Err(status) => {
             encode(&status, &mut out);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::fs::Filesystem;
 use crate::metrics::Metrics;
 use crate::rpc::{CallHeader, Reply};
+use crate::server::AccessList;
 use crate::{acl, mount, nfs3, portmap};
 
 /// What every handler can reach.
@@ -16,6 +17,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The TCP port this server listens on, for portmapper answers.
     pub port: u16,
+    /// Which repositories each client may use.
+    pub access: Arc<AccessList>,
 }
 
 /// A handler decodes its arguments and answers. Handlers may call into the
@@ -101,6 +104,7 @@ mod tests {
             vers,
             proc_,
             cred: Credential::None,
+            peer: None,
         }
     }
 

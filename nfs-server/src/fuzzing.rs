@@ -17,6 +17,7 @@ use crate::fs::{Filesystem, Owner};
 use crate::metrics::Metrics;
 use crate::rpc::record::read_record;
 use crate::rpc::{CallError, Reply, parse_call};
+use crate::server::AccessList;
 use crate::store::{Spill, Store};
 
 /// Record limit for [`record_stream`]: small, so the fuzzer reaches it.
@@ -112,6 +113,7 @@ impl CallHarness {
             fs: Arc::new(fs),
             metrics,
             port: 2049,
+            access: Arc::new(AccessList::new(Vec::new())),
         };
         Ok(Self {
             ctx,

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use nfs_server::fs::{Filesystem, Owner};
 use nfs_server::metrics::{self, Metrics};
-use nfs_server::server::{AccessList, Limits, Server};
+use nfs_server::server::{AccessList, ExportRule, Limits, Server};
 use nfs_server::store::{Spill, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -84,6 +84,14 @@ struct ServeArgs {
     /// FLY_APP_NAME is set. Other clients get an RPC authentication error.
     #[arg(long = "allow", value_name = "CIDR")]
     allow: Vec<ipnet::IpNet>,
+
+    /// Narrow which repositories a client range may use (repeatable):
+    /// `CIDR=GLOB`, e.g. `10.1.0.0/16=org/*` (`*` stays within one path
+    /// component, `**` spans several). With any rule, a client may mount
+    /// or reach by handle only the repositories a rule covering its address
+    /// names; others get MNT3ERR_ACCES or NFS3ERR_ACCES.
+    #[arg(long = "export-allow", value_name = "CIDR=GLOB")]
+    export_allow: Vec<ExportRule>,
 
     /// Refuse clients whose source port is not privileged (>= 1024), so that
     /// only root on an allowed machine can connect (like knfsd's `secure`).
@@ -174,7 +182,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         AccessList::new(args.allow.clone())
     }
-    .require_privileged_port(args.require_privileged_port);
+    .require_privileged_port(args.require_privileged_port)
+    .with_export_rules(args.export_allow.clone());
+    let rules: Vec<String> = access
+        .export_rules()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    tracing::info!(allowed = ?access.ranges(), export_rules = ?rules, "access");
     let server = Server::bind(args.listen, fs, Arc::clone(&metrics), limits, access)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub mounts: Family<NameLabel, Counter>,
     pub connections_open: Gauge,
     pub connections_closed: Family<NameLabel, Counter>,
+    /// Refusals by the export rules, by where ("mount" or "handle").
+    pub access_refused: Family<NameLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +81,7 @@ impl Metrics {
         let mounts = Family::<NameLabel, Counter>::default();
         let connections_open = Gauge::default();
         let connections_closed = Family::<NameLabel, Counter>::default();
+        let access_refused = Family::<NameLabel, Counter>::default();
         registry.register(
             "rpc_calls",
             "RPC calls by program and procedure",
@@ -122,6 +125,11 @@ impl Metrics {
             "Client connections closed, by reason",
             connections_closed.clone(),
         );
+        registry.register(
+            "access_refused",
+            "Uses of a repository the export rules keep from the client, by where: mount or handle",
+            access_refused.clone(),
+        );
         Self {
             registry,
             calls,
@@ -135,6 +143,7 @@ impl Metrics {
             mounts,
             connections_open,
             connections_closed,
+            access_refused,
         }
     }
 

@@ -1,10 +1,13 @@
 //! MOUNT v3 (RFC 1813 appendix I): turns an export path into the root handle
 //! of a pinned worktree, and lists the exports.
 
-use nfs3_types::mount::{MNTPATHLEN, dirpath, export_node, fhandle3, mountres3, mountres3_ok};
+use nfs3_types::mount::{
+    MNTPATHLEN, dirpath, export_node, fhandle3, mountres3, mountres3_ok, mountstat3,
+};
 use nfs3_types::xdr_codec::{List, Opaque};
 
 use crate::dispatch::{Context, Handler};
+use crate::fs::NodeId;
 use crate::handle;
 use crate::metrics::Metrics;
 use crate::nfs3::{args, reply};
@@ -38,12 +41,19 @@ fn null(_: &Context, _: &CallHeader, _: &[u8]) -> Reply {
     Reply::Success(Vec::new())
 }
 
-fn mnt(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+fn mnt(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let PathArgs(path) = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
     let res = match ctx.fs.mount(path) {
+        Ok(id) if !may_mount(ctx, call, &id) => {
+            tracing::warn!(path = %String::from_utf8_lossy(path), peer = ?call.peer, "MOUNT refused by the export rules");
+            Metrics::count(&ctx.metrics.access_refused, "mount");
+            Metrics::count(&ctx.metrics.statuses, "MNT3ERR_ACCES");
+            Metrics::count(&ctx.metrics.mounts, "MNT3ERR_ACCES");
+            mountres3::Err(mountstat3::MNT3ERR_ACCES)
+        }
         Ok(id) => {
             tracing::info!(path = %String::from_utf8_lossy(path), ?id, "mounted");
             Metrics::count(&ctx.metrics.mounts, "MNT3_OK");
@@ -55,6 +65,19 @@ fn mnt(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
         Err(e) => mountres3::Err(mount_status(&ctx.metrics, path, &e)),
     };
     reply(&res)
+}
+
+/// Whether the export rules let this client use the repository `id` is in
+/// (the namespace root is open to every allowed client).
+fn may_mount(ctx: &Context, call: &CallHeader, id: &NodeId) -> bool {
+    match id {
+        NodeId::Namespace(_) => true,
+        NodeId::Worktree { repo, .. } => ctx
+            .fs
+            .store()
+            .repo_by_id(*repo)
+            .is_some_and(|r| ctx.access.may_use(call.peer, &r.name)),
+    }
 }
 
 fn umnt(_: &Context, _: &CallHeader, a: &[u8]) -> Reply {
@@ -70,11 +93,12 @@ fn dump(_: &Context, _: &CallHeader, _: &[u8]) -> Reply {
     reply(&false)
 }
 
-fn export(ctx: &Context, _: &CallHeader, _: &[u8]) -> Reply {
+fn export(ctx: &Context, call: &CallHeader, _: &[u8]) -> Reply {
     let names = ctx.fs.export_names();
     let exports: List<export_node> = List(
         names
             .iter()
+            .filter(|n| ctx.access.may_use(call.peer, n.trim_start_matches('/')))
             .map(|n| export_node {
                 ex_dir: dirpath(Opaque::borrowed(n.as_bytes())),
                 ex_groups: List(Vec::new()),

@@ -26,12 +26,12 @@ impl Decode<'_> for () {
     }
 }
 
-pub fn getattr(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+pub fn getattr(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let a: FhArgs = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let res: GETATTR3res = match resolve(ctx, a.fh).and_then(|n| attributes(ctx, &n)) {
+    let res: GETATTR3res = match resolve(ctx, call, a.fh).and_then(|n| attributes(ctx, &n)) {
         Ok(obj_attributes) => Nfs3Result::Ok(GETATTR3resok { obj_attributes }),
         Err(status) => Nfs3Result::Err((status, Void)),
     };
@@ -57,7 +57,7 @@ pub fn access(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let res: ACCESS3res = match resolve(ctx, a.fh) {
+    let res: ACCESS3res = match resolve(ctx, call, a.fh) {
         Ok(node) => match ctx.fs.attr(&node) {
             Ok(attr) => Nfs3Result::Ok(ACCESS3resok {
                 obj_attributes: nfs3_types::nfs3::post_op_attr::Some(super::fattr(&attr)),
@@ -106,12 +106,12 @@ fn allowed(attr: &Attr, cred: &Credential) -> u32 {
     access & !(ACCESS3_MODIFY | ACCESS3_EXTEND | ACCESS3_DELETE)
 }
 
-pub fn fsstat(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+pub fn fsstat(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let a: FhArgs = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let res: FSSTAT3res = match resolve(ctx, a.fh) {
+    let res: FSSTAT3res = match resolve(ctx, call, a.fh) {
         Ok(node) => {
             let (bytes, files) = ctx.fs.totals(&node);
             Nfs3Result::Ok(FSSTAT3resok {
@@ -131,12 +131,12 @@ pub fn fsstat(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
     reply(&res)
 }
 
-pub fn fsinfo(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+pub fn fsinfo(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let a: FhArgs = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let res: FSINFO3res = match resolve(ctx, a.fh) {
+    let res: FSINFO3res = match resolve(ctx, call, a.fh) {
         Ok(node) => Nfs3Result::Ok(FSINFO3resok {
             obj_attributes: post_op(ctx, &node),
             rtmax: MAX_READ,
@@ -158,12 +158,12 @@ pub fn fsinfo(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
     reply(&res)
 }
 
-pub fn pathconf(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+pub fn pathconf(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let a: FhArgs = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let res: PATHCONF3res = match resolve(ctx, a.fh) {
+    let res: PATHCONF3res = match resolve(ctx, call, a.fh) {
         Ok(node) => Nfs3Result::Ok(PATHCONF3resok {
             obj_attributes: post_op(ctx, &node),
             linkmax: 1,

@@ -6,7 +6,9 @@ use nfs3_types::nfs3::{
 };
 use nfs3_types::xdr_codec::Opaque;
 
-use super::{FhArgs, args, file_handle, file_name, handle_of, post_op, reply, resolve};
+use super::{
+    FhArgs, args, check_access, file_handle, file_name, handle_of, post_op, reply, resolve,
+};
 use crate::dispatch::Context;
 use crate::rpc::{CallHeader, Decode, Reply, XdrError, XdrReader};
 use crate::status::nfs_status;
@@ -25,23 +27,29 @@ impl<'a> Decode<'a> for DirOpArgs<'a> {
     }
 }
 
-pub fn lookup(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+pub fn lookup(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let a: DirOpArgs = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let dir = match resolve(ctx, a.dir) {
+    let dir = match resolve(ctx, call, a.dir) {
         Ok(dir) => dir,
         Err(status) => return reply(&LOOKUP3res::Err((status, LOOKUP3resfail::default()))),
     };
-    let res: LOOKUP3res = match ctx.fs.lookup(&dir, a.name) {
+    // From the namespace, a repository's name leads into its worktree.
+    let found = ctx
+        .fs
+        .lookup(&dir, a.name)
+        .map_err(|e| nfs_status(&ctx.metrics, &e))
+        .and_then(|child| check_access(ctx, call, &child).map(|()| child));
+    let res: LOOKUP3res = match found {
         Ok(child) => Nfs3Result::Ok(LOOKUP3resok {
             object: handle_of(&child),
             obj_attributes: post_op(ctx, &child),
             dir_attributes: post_op(ctx, &dir),
         }),
-        Err(e) => Nfs3Result::Err((
-            nfs_status(&ctx.metrics, &e),
+        Err(status) => Nfs3Result::Err((
+            status,
             LOOKUP3resfail {
                 dir_attributes: post_op(ctx, &dir),
             },
@@ -50,12 +58,12 @@ pub fn lookup(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
     reply(&res)
 }
 
-pub fn readlink(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+pub fn readlink(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let a: FhArgs = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let node = match resolve(ctx, a.fh) {
+    let node = match resolve(ctx, call, a.fh) {
         Ok(node) => node,
         Err(status) => return reply(&READLINK3res::Err((status, READLINK3resfail::default()))),
     };

@@ -15,7 +15,8 @@ use nfs3_types::xdr_codec::Pack;
 
 use crate::dispatch::{Context, Handler};
 use crate::fs::{Attr, FileType, Filesystem, Node, NodeId};
-use crate::rpc::{Decode, Reply, XdrError, XdrReader, decode_args, encode};
+use crate::metrics::Metrics;
+use crate::rpc::{CallHeader, Decode, Reply, XdrError, XdrReader, decode_args, encode};
 use crate::{handle, status};
 
 pub const PROGRAM: u32 = nfs3_types::nfs3::PROGRAM;
@@ -90,11 +91,28 @@ pub(crate) fn reply<T: Pack>(value: &T) -> Reply {
 }
 
 /// Resolves a handle to a node, or the status that answers it.
-pub(crate) fn resolve(ctx: &Context, fh: &[u8]) -> Result<Node, nfsstat3> {
+pub(crate) fn resolve(ctx: &Context, call: &CallHeader, fh: &[u8]) -> Result<Node, nfsstat3> {
     let id = handle::decode(fh).map_err(|e| status::handle_status(&ctx.metrics, &e))?;
-    ctx.fs
+    let node = ctx
+        .fs
         .node(id)
-        .map_err(|e| status::nfs_status(&ctx.metrics, &e))
+        .map_err(|e| status::nfs_status(&ctx.metrics, &e))?;
+    check_access(ctx, call, &node)?;
+    Ok(node)
+}
+
+/// Refuses nodes of repositories the export rules keep from this client.
+/// Handles are predictable, so this is checked on every use, not only at
+/// MOUNT.
+pub(crate) fn check_access(ctx: &Context, call: &CallHeader, node: &Node) -> Result<(), nfsstat3> {
+    match node {
+        Node::Worktree { export, .. } if !ctx.access.may_use(call.peer, &export.repo.name) => {
+            tracing::debug!(peer = ?call.peer, repo = %export.repo.name, "handle of a repository this client may not use");
+            Metrics::count(&ctx.metrics.access_refused, "handle");
+            Err(status::counted(&ctx.metrics, nfsstat3::NFS3ERR_ACCES))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn handle_of(node: &Node) -> nfs3_types::nfs3::nfs_fh3 {

@@ -24,12 +24,12 @@ impl<'a> Decode<'a> for ReadArgs<'a> {
     }
 }
 
-pub fn read(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+pub fn read(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let a: ReadArgs = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let node = match resolve(ctx, a.fh) {
+    let node = match resolve(ctx, call, a.fh) {
         Ok(node) => node,
         Err(status) => return reply(&READ3res::Err((status, READ3resfail::default()))),
     };

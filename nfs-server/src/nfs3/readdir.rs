@@ -64,8 +64,12 @@ fn name_size(name: &[u8]) -> usize {
 }
 
 /// Resolves the directory and checks the cookie verifier.
-fn open_dir(ctx: &Context, a: &ReaddirArgs) -> Result<(Node, [u8; 8]), nfsstat3> {
-    let dir = resolve(ctx, a.dir)?;
+fn open_dir(
+    ctx: &Context,
+    call: &CallHeader,
+    a: &ReaddirArgs,
+) -> Result<(Node, [u8; 8]), nfsstat3> {
+    let dir = resolve(ctx, call, a.dir)?;
     let verifier = ctx.fs.dir_verifier(&dir);
     if a.cookie != 0 && a.verifier != [0; 8] && a.verifier != verifier {
         return Err(counted(&ctx.metrics, nfsstat3::NFS3ERR_BAD_COOKIE));
@@ -73,12 +77,12 @@ fn open_dir(ctx: &Context, a: &ReaddirArgs) -> Result<(Node, [u8; 8]), nfsstat3>
     Ok((dir, verifier))
 }
 
-pub fn readdir(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+pub fn readdir(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let Plain(a) = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let (dir, verifier) = match open_dir(ctx, &a) {
+    let (dir, verifier) = match open_dir(ctx, call, &a) {
         Ok(d) => d,
         Err(status) => return reply(&READDIR3res::Err((status, READDIR3resfail::default()))),
     };
@@ -123,12 +127,12 @@ pub fn readdir(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
     reply(&res)
 }
 
-pub fn readdirplus(ctx: &Context, _: &CallHeader, a: &[u8]) -> Reply {
+pub fn readdirplus(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     let Plus(a) = match args(a) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let (dir, verifier) = match open_dir(ctx, &a) {
+    let (dir, verifier) = match open_dir(ctx, call, &a) {
         Ok(d) => d,
         Err(status) => {
             return reply(&READDIRPLUS3res::Err((

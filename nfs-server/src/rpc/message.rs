@@ -44,6 +44,9 @@ pub struct CallHeader {
     pub vers: u32,
     pub proc_: u32,
     pub cred: Credential,
+    /// The client's address, set by the connection that read the call
+    /// (`None` where there is no connection, as in fuzzing).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// Why a record is not a call we can answer normally.
@@ -89,6 +92,7 @@ pub fn parse_call(record: &[u8]) -> Result<(CallHeader, &[u8]), CallError> {
         vers: prog_vers,
         proc_,
         cred,
+        peer: None,
     };
     Ok((header, r.rest()))
 }

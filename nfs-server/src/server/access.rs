@@ -1,12 +1,17 @@
-//! Who may talk to the server. NFSv3 has no real authentication, so the
-//! operator decides by client address (and optionally a privileged source
-//! port): calls from anywhere else are
-//! answered with an RPC authentication error (and one log line per
+//! Who may talk to the server, and which repositories each client may use.
+//! NFSv3 has no real authentication, so the operator decides by client
+//! address (and optionally a privileged source port): calls from anywhere
+//! else are answered with an RPC authentication error (and one log line per
 //! connection), so clients report a refusal rather than a dead server.
+//! Export rules then narrow what an allowed client may mount or reach by
+//! handle (handles are predictable, so mounting is not the only door).
 
 use std::net::IpAddr;
+use std::str::FromStr;
 
+use globset::{GlobBuilder, GlobMatcher};
 use ipnet::IpNet;
+use thiserror::Error;
 
 /// Client address ranges allowed to call, and whether their source port
 /// must be privileged (below 1024, so only root on the client can connect).
@@ -14,6 +19,59 @@ use ipnet::IpNet;
 pub struct AccessList {
     allowed: Vec<IpNet>,
     privileged_port: bool,
+    exports: Vec<ExportRule>,
+}
+
+/// `CIDR=GLOB`: clients in the range may use repositories whose export
+/// name matches the glob (`*` stays within one `/` component, `**` spans
+/// several).
+#[derive(Debug, Clone)]
+pub struct ExportRule {
+    range: IpNet,
+    glob: String,
+    matcher: GlobMatcher,
+}
+
+/// Why an export rule did not parse.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ExportRuleError {
+    #[error("export rule {0:?} is not CIDR=GLOB")]
+    Shape(String),
+    #[error("export rule range {0:?}: {1}")]
+    Range(String, ipnet::AddrParseError),
+    #[error("export rule glob {0:?}: {1}")]
+    Glob(String, globset::Error),
+}
+
+impl FromStr for ExportRule {
+    type Err = ExportRuleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (range, glob) = s
+            .split_once('=')
+            .filter(|(r, g)| !r.is_empty() && !g.is_empty())
+            .ok_or_else(|| ExportRuleError::Shape(s.to_owned()))?;
+        let range = range
+            .parse()
+            .map_err(|e| ExportRuleError::Range(range.to_owned(), e))?;
+        let matcher = GlobBuilder::new(glob)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| ExportRuleError::Glob(glob.to_owned(), e))?
+            .compile_matcher();
+        Ok(Self {
+            range,
+            glob: glob.to_owned(),
+            matcher,
+        })
+    }
+}
+
+impl std::fmt::Display for ExportRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.range, self.glob)
+    }
 }
 
 impl AccessList {
@@ -21,7 +79,34 @@ impl AccessList {
         Self {
             allowed,
             privileged_port: false,
+            exports: Vec::new(),
         }
+    }
+
+    /// Restricts which repositories each client may use. With no rules
+    /// every allowed client may use every repository; with rules, a client
+    /// may use only the repositories some rule covering its address names.
+    pub fn with_export_rules(mut self, rules: Vec<ExportRule>) -> Self {
+        self.exports = rules;
+        self
+    }
+
+    /// Whether the client at `peer` may use the repository `repo`. An
+    /// unknown peer is refused whenever there are rules.
+    pub fn may_use(&self, peer: Option<IpAddr>, repo: &str) -> bool {
+        if self.exports.is_empty() {
+            return true;
+        }
+        let Some(peer) = peer.map(unmap) else {
+            return false;
+        };
+        self.exports
+            .iter()
+            .any(|rule| rule.range.contains(&peer) && rule.matcher.is_match(repo))
+    }
+
+    pub fn export_rules(&self) -> &[ExportRule] {
+        &self.exports
     }
 
     /// Also require a source port below 1024 (the classic `secure` export
@@ -56,16 +141,20 @@ impl AccessList {
     }
 
     pub fn allows(&self, addr: IpAddr) -> bool {
-        // A v4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-            v4 => v4,
-        };
+        let addr = unmap(addr);
         self.allowed.iter().any(|net| net.contains(&addr))
     }
 
     pub fn ranges(&self) -> &[IpNet] {
         &self.allowed
+    }
+}
+
+/// A v4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+fn unmap(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -103,5 +192,47 @@ mod tests {
         assert!(list.allows("10.1.2.3".parse().unwrap()));
         assert!(list.allows("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!list.allows("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn export_rules_narrow_repositories_per_range() {
+        let rules = ["10.0.0.0/8=org/*", "10.1.0.0/16=app", "::1/128=**"]
+            .iter()
+            .map(|r| r.parse().unwrap())
+            .collect();
+        let list = AccessList::new(vec!["0.0.0.0/0".parse().unwrap()]).with_export_rules(rules);
+        let ip = |s: &str| Some(s.parse().unwrap());
+        assert!(list.may_use(ip("10.2.3.4"), "org/lib"));
+        assert!(
+            !list.may_use(ip("10.2.3.4"), "org/lib/deeper"),
+            "* stays in one component"
+        );
+        assert!(!list.may_use(ip("10.2.3.4"), "app"));
+        assert!(
+            list.may_use(ip("10.1.3.4"), "app"),
+            "a second rule for a narrower range"
+        );
+        assert!(list.may_use(ip("::ffff:10.2.3.4"), "org/lib"), "v4-mapped");
+        assert!(list.may_use(ip("::1"), "org/lib/deeper"));
+        assert!(!list.may_use(ip("192.168.0.1"), "app"), "no rule covers it");
+        assert!(!list.may_use(None, "app"), "an unknown peer");
+        let open = AccessList::new(Vec::new());
+        assert!(open.may_use(None, "anything"), "no rules: no narrowing");
+    }
+
+    #[test]
+    fn bad_export_rules_are_explained() {
+        for (bad, says) in [
+            ("10.0.0.0/8", "is not CIDR=GLOB"),
+            ("=app", "is not CIDR=GLOB"),
+            ("10.0.0.0/8=", "is not CIDR=GLOB"),
+            ("10.0.0/8=app", "range"),
+            ("10.0.0.0/8=a[", "glob"),
+        ] {
+            let err = bad.parse::<ExportRule>().unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let rule: ExportRule = "fdaa::/16=org/**".parse().unwrap();
+        assert_eq!(rule.to_string(), "fdaa::/16=org/**");
     }
 }

@@ -105,7 +105,7 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break "shutdown";
         };
-        let (header, args_at) = match parse_call(&record) {
+        let (mut header, args_at) = match parse_call(&record) {
             Ok((header, args)) => (header, record.len() - args.len()),
             Err(CallError::Unreadable(len)) => {
                 tracing::warn!(%peer, len, "unreadable RPC message; closing the connection");
@@ -131,6 +131,7 @@ pub async fn serve(
                 continue;
             }
         };
+        header.peer = Some(peer.ip());
         if refused {
             send(
                 &replies,

@@ -4,7 +4,7 @@
 mod access;
 mod connection;
 
-pub use access::AccessList;
+pub use access::{AccessList, ExportRule, ExportRuleError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,11 +67,17 @@ impl Server {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let port = listener.local_addr()?.port();
+        let access = Arc::new(access);
         Ok(Self {
             listener,
-            ctx: Arc::new(Context { fs, metrics, port }),
+            ctx: Arc::new(Context {
+                fs,
+                metrics,
+                port,
+                access: Arc::clone(&access),
+            }),
             limits,
-            access: Arc::new(access),
+            access,
         })
     }
 
