@@ -11,6 +11,13 @@ pub fn store() -> &'static Path {
     STORE.get_or_init(|| build("make-fixture-store"))
 }
 
+/// Resource-hostile repositories: `hostile.git` (a delta chain thousands
+/// deep, a folder of 1,000,000 entries, a 4,000-byte path, odd names).
+pub fn hostile_store() -> &'static Path {
+    static STORE: OnceLock<PathBuf> = OnceLock::new();
+    STORE.get_or_init(|| build("make-hostile-store"))
+}
+
 fn script_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")

@@ -34,7 +34,7 @@ pub fn nfs_status(metrics: &Metrics, err: &FsError) -> nfsstat3 {
             tracing::error!(error = %e, "tree load failed");
             (nfsstat3::NFS3ERR_IO, "NFS3ERR_IO")
         }
-        FsError::StoreFile { .. } | FsError::Shared(_) => {
+        FsError::StoreFile { .. } | FsError::Spilled { .. } | FsError::Shared(_) => {
             tracing::error!(error = %err, "store read failed");
             (nfsstat3::NFS3ERR_IO, "NFS3ERR_IO")
         }

@@ -16,7 +16,9 @@ use gix::ObjectId;
 use thiserror::Error;
 
 use crate::metrics::Metrics;
-use crate::store::{BlobCache, ObjectError, Repo, RepoId, RepoIndex, ResolveError, Spill, Store};
+use crate::store::{
+    Blob, BlobCache, ObjectError, Repo, RepoId, RepoIndex, ResolveError, Spill, SpillKey, Store,
+};
 use dotgit::GitFile;
 use dotgit::content::ExportView;
 pub use export_path::{ExportPath, ExportPathError};
@@ -158,6 +160,12 @@ pub enum FsError {
     Build(#[from] Arc<BuildError>),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    #[error("cannot read a spilled file of {repo}")]
+    Spilled {
+        repo: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the store file {path}")]
     StoreFile {
         path: std::path::PathBuf,
@@ -211,7 +219,9 @@ pub struct Filesystem {
     store: Arc<Store>,
     worktrees: moka::sync::Cache<WorktreeKey, Arc<Worktree>>,
     exports: moka::sync::Cache<ExportKey, Arc<Export>>,
-    indexes: moka::sync::Cache<WorktreeKey, Arc<[u8]>>,
+    /// Indexes in memory, or spilled when larger than `large_index`.
+    indexes: moka::sync::Cache<WorktreeKey, Blob>,
+    large_index: u64,
     blobs: BlobCache,
     owner: Owner,
     metrics: Arc<Metrics>,
@@ -248,9 +258,14 @@ impl Filesystem {
                 live.dec();
             })
             .build();
+        // A spilled index weighs little here: the spill folder's own budget
+        // counts its bytes.
         let indexes = moka::sync::Cache::builder()
             .max_capacity(quarter)
-            .weigher(|_, i: &Arc<[u8]>| u32::try_from(i.len()).unwrap_or(u32::MAX))
+            .weigher(|_, i: &Blob| match i {
+                Blob::Memory(bytes) => u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                Blob::Spilled(_) => 1024,
+            })
             .build();
         // An export holds its tree table: weigh it by the table, so tables
         // kept alive by exports stay within a budget too.
@@ -266,6 +281,7 @@ impl Filesystem {
             worktrees,
             exports,
             indexes,
+            large_index: (quarter / 8).max(1 << 20),
             blobs,
             owner,
             metrics,
@@ -567,11 +583,7 @@ impl Filesystem {
                         if file == GitFile::Index {
                             time += INDEX_LEAD_SECONDS;
                         }
-                        (
-                            FileType::Regular,
-                            0o644,
-                            self.git_file(export, file)?.len() as u64,
-                        )
+                        (FileType::Regular, 0o644, self.git_file(export, file)?.len())
                     }
                     // Git keeps its pack files and objects read-only.
                     NodeKind::StoreFile => (FileType::Regular, 0o444, n.known_size().unwrap_or(0)),
@@ -606,15 +618,18 @@ impl Filesystem {
     }
 
     /// The bytes of a synthesized `.git` file.
-    fn git_file(&self, export: &Export, file: GitFile) -> Result<Arc<[u8]>, FsError> {
+    fn git_file(&self, export: &Export, file: GitFile) -> Result<Blob, FsError> {
         if file == GitFile::Index {
             return self.index(export);
         }
-        Ok(Arc::from(dotgit::content::render(file, &export.view)))
+        Ok(Blob::Memory(Arc::from(dotgit::content::render(
+            file,
+            &export.view,
+        ))))
     }
 
     /// The synthesized index of an export's commit, built on first use.
-    fn index(&self, export: &Export) -> Result<Arc<[u8]>, FsError> {
+    fn index(&self, export: &Export) -> Result<Blob, FsError> {
         let key = (export.repo.id, export.tree.commit);
         if let Some(index) = self.indexes.get(&key) {
             self.metrics.cache_hit("index");
@@ -652,7 +667,20 @@ impl Filesystem {
                 },
             );
             tracing::info!(repo = %export.repo.name, commit = %tree.commit, entries = count, bytes = bytes.len(), took = ?started.elapsed(), "built index");
-            Ok::<_, FsError>(Arc::from(bytes))
+            if (bytes.len() as u64) <= self.large_index {
+                return Ok(Blob::Memory(Arc::from(bytes)));
+            }
+            let key = SpillKey::Index {
+                repo: export.repo.id,
+                commit: tree.commit,
+            };
+            self.blobs
+                .spill
+                .keep(key, || bytes)
+                .map_err(|source| FsError::Spilled {
+                    repo: export.repo.name.clone(),
+                    source,
+                })
         })
         .map_err(|e: Arc<FsError>| match Arc::try_unwrap(e) {
             Ok(e) => e,
@@ -724,25 +752,11 @@ impl Filesystem {
     /// reach its end.
     pub fn read(&self, node: &Node, offset: u64, count: u32) -> Result<ReadChunk, FsError> {
         let (export, n) = self.worktree_node(node)?;
-        let bytes: Arc<[u8]> = match n.kind {
+        let blob = match n.kind {
             NodeKind::File | NodeKind::Executable => {
                 let blob = self.blobs.blob(&export.repo, n.oid)?;
-                let len = blob.len();
-                n.remember_size(len);
-                let (bytes, range) = blob.read(offset, count).map_err(|source| {
-                    FsError::Object(ObjectError::Spill {
-                        oid: n.oid,
-                        path: export.repo.name.clone().into(),
-                        source,
-                    })
-                })?;
-                self.count_read(read_kind(&export.tree, n), range.len());
-                let eof = offset.saturating_add(range.len() as u64) >= len;
-                return Ok(ReadChunk {
-                    blob: bytes,
-                    range,
-                    eof,
-                });
+                n.remember_size(blob.len());
+                blob
             }
             NodeKind::GitFile(file) => self.git_file(export, file)?,
             NodeKind::StoreFile => {
@@ -754,14 +768,18 @@ impl Filesystem {
             NodeKind::Dir | NodeKind::Gitlink | NodeKind::GitDir => return Err(FsError::IsDir),
             NodeKind::Symlink => return Err(FsError::NotSymlink),
         };
-        let len = bytes.len();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
-        let end = start.saturating_add(count as usize).min(len);
-        self.count_read(read_kind(&export.tree, n), end - start);
+        let (bytes, range) = blob
+            .read(offset, count)
+            .map_err(|source| FsError::Spilled {
+                repo: export.repo.name.clone(),
+                source,
+            })?;
+        self.count_read(read_kind(&export.tree, n), range.len());
+        let eof = offset.saturating_add(range.len() as u64) >= blob.len();
         Ok(ReadChunk {
             blob: bytes,
-            range: start..end,
-            eof: end == len,
+            range,
+            eof,
         })
     }
 

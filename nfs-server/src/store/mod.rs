@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 pub use crate::fs::dotgit::content::RefEntry;
-pub use objects::{Blob, BlobCache, ObjectError, Spill};
+pub use objects::{Blob, BlobCache, ObjectError, Spill, SpillKey};
 pub use scan::ScanError;
 
 /// Stable identity of a repository: a hash of its export name, the same on

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use gix::ObjectId;
 use thiserror::Error;
 
-use super::Repo;
+use super::{Repo, RepoId};
 use crate::metrics::Metrics;
 
 /// Why an object could not be read; returned by [`BlobCache::get`] and
@@ -102,14 +102,34 @@ pub struct SpillFile {
     len: u64,
 }
 
-/// Where large blobs go, and how many bytes of them may stay.
+/// What a spilled file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpillKey {
+    /// A decoded blob.
+    Blob(ObjectId),
+    /// The synthesized index of a repository's commit, when it is too large
+    /// for the index cache (a tree of a million files has an 80 MB index,
+    /// and rebuilding it for every READ would take minutes).
+    Index { repo: RepoId, commit: ObjectId },
+}
+
+impl SpillKey {
+    fn file_name(&self) -> String {
+        match self {
+            Self::Blob(oid) => oid.to_string(),
+            Self::Index { repo, commit } => format!("index-{:016x}-{commit}", repo.0),
+        }
+    }
+}
+
+/// Where large blobs and indexes go, and how many bytes of them may stay.
 #[derive(Debug)]
 pub struct Spill {
     dir: PathBuf,
     /// Removes the directory with the cache when the spill dir was made for
     /// this process.
     _owned: Option<tempfile::TempDir>,
-    files: moka::sync::Cache<ObjectId, Arc<SpillFile>>,
+    files: moka::sync::Cache<SpillKey, Arc<SpillFile>>,
 }
 
 impl Spill {
@@ -142,26 +162,31 @@ impl Spill {
         }
     }
 
-    fn write(&self, oid: ObjectId, data: &[u8]) -> Result<Arc<SpillFile>, ObjectError> {
-        let path = self.dir.join(oid.to_string());
-        let spill_err = |source| ObjectError::Spill {
-            oid,
-            path: path.clone(),
-            source,
-        };
+    fn write(&self, key: SpillKey, data: &[u8]) -> io::Result<Arc<SpillFile>> {
+        let name = key.file_name();
+        let path = self.dir.join(&name);
         // Written under a temporary name, so a half-written file is never
         // read (two decodes of one blob race only to the rename).
         let partial = self
             .dir
-            .join(format!("{oid}.{}.partial", std::process::id()));
-        std::fs::write(&partial, data).map_err(spill_err)?;
-        std::fs::rename(&partial, &path).map_err(spill_err)?;
-        let file = std::fs::File::open(&path).map_err(spill_err)?;
+            .join(format!("{name}.{}.partial", std::process::id()));
+        std::fs::write(&partial, data)?;
+        std::fs::rename(&partial, &path)?;
+        let file = std::fs::File::open(&path)?;
         Ok(Arc::new(SpillFile {
             file,
             path,
             len: data.len() as u64,
         }))
+    }
+
+    /// Writes `data` to the spill folder under `key` (once, however many
+    /// callers race) and keeps it within the folder's byte budget.
+    pub fn keep(&self, key: SpillKey, data: impl FnOnce() -> Vec<u8>) -> io::Result<Blob> {
+        self.files
+            .try_get_with(key, || self.write(key, &data()))
+            .map(Blob::Spilled)
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()))
     }
 }
 
@@ -170,7 +195,7 @@ impl Spill {
 #[derive(Clone)]
 pub struct BlobCache {
     cache: moka::sync::Cache<ObjectId, Arc<[u8]>>,
-    spill: Arc<Spill>,
+    pub(crate) spill: Arc<Spill>,
     /// Blobs larger than this are spilled rather than kept in memory.
     large: u64,
     metrics: Arc<Metrics>,
@@ -197,7 +222,7 @@ impl BlobCache {
             self.metrics.cache_hit("blob");
             return Ok(Blob::Memory(bytes));
         }
-        if let Some(file) = self.spill.files.get(&oid) {
+        if let Some(file) = self.spill.files.get(&SpillKey::Blob(oid)) {
             self.metrics.cache_hit("blob");
             return Ok(Blob::Spilled(file));
         }
@@ -207,9 +232,15 @@ impl BlobCache {
         self.metrics.cache_miss("blob");
         self.spill
             .files
-            .try_get_with(oid, || {
+            .try_get_with(SpillKey::Blob(oid), || {
                 let data = self.decode(repo, oid)?;
-                self.spill.write(oid, &data)
+                self.spill
+                    .write(SpillKey::Blob(oid), &data)
+                    .map_err(|source| ObjectError::Spill {
+                        oid,
+                        path: self.spill.dir.clone(),
+                        source,
+                    })
             })
             .map(Blob::Spilled)
             .map_err(|e| {
@@ -256,7 +287,7 @@ impl BlobCache {
         if let Some(blob) = self.cache.get(&oid) {
             return Ok(blob.len() as u64);
         }
-        if let Some(file) = self.spill.files.get(&oid) {
+        if let Some(file) = self.spill.files.get(&SpillKey::Blob(oid)) {
             return Ok(file.len);
         }
         intact(repo, oid)?;
