@@ -76,6 +76,11 @@ struct AgentArgs {
     enter_delay_ms: u64,
     #[arg(long, default_value_t = 64 * 1024)]
     max_message_bytes: usize,
+    /// Messages that may wait to be typed at once; more get a `queue_full`
+    /// tool error. Messages are typed one at a time, so this also bounds
+    /// how fast a client can push them.
+    #[arg(long, default_value_t = 64)]
+    max_queued_messages: usize,
     /// Seconds between SIGTERM and SIGKILL when stopping the agent.
     #[arg(long, default_value_t = 10)]
     stop_grace_secs: u64,
@@ -203,6 +208,7 @@ fn runner_config(agent: AgentArgs, public_url: String) -> anyhow::Result<Config>
         cols: agent.cols,
         enter_delay: Duration::from_millis(agent.enter_delay_ms),
         max_message_bytes: agent.max_message_bytes,
+        max_queued_messages: agent.max_queued_messages,
         write_timeout: Duration::from_secs(10),
         stop_grace: Duration::from_secs(agent.stop_grace_secs),
     })

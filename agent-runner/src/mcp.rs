@@ -80,6 +80,7 @@ fn tool_error(error: &RunnerError) -> CallToolResult {
         RunnerError::Exited { .. } => "exited",
         RunnerError::EmptyText | RunnerError::OnlyKeys(_) => "empty_text",
         RunnerError::TooLong { .. } => "too_long",
+        RunnerError::QueueFull { .. } => "queue_full",
         RunnerError::UnknownKey(_) => "unknown_key",
         RunnerError::NotIdle(_) => "not_idle",
         RunnerError::WriteTimeout(_) | RunnerError::Write(_) => "write_failed",

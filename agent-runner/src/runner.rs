@@ -28,6 +28,10 @@ pub struct Config {
     /// fast burst of keys as a paste has ended the paste.
     pub enter_delay: Duration,
     pub max_message_bytes: usize,
+    /// Messages waiting for the typing turn (or being typed) at once; more
+    /// are refused. With the Enter delay this bounds the rate of messages
+    /// too: they are typed one after another.
+    pub max_queued_messages: usize,
     /// How long a write may wait for an agent that does not read its input.
     pub write_timeout: Duration,
     /// Between SIGTERM and SIGKILL when stopping the agent.
@@ -78,6 +82,8 @@ pub enum RunnerError {
     OnlyKeys(String),
     #[error("the message is {len} bytes; at most {max} are accepted")]
     TooLong { len: usize, max: usize },
+    #[error("{max} messages are already waiting to be typed; try again once they are")]
+    QueueFull { max: usize },
     #[error("unknown key {0:?}; known keys: ctrl-c, enter, escape")]
     UnknownKey(String),
     #[error("the agent did not become idle within {0:?}")]
@@ -265,6 +271,16 @@ impl Runner {
             tracing::warn!(session = session.id(), dropped = ?dropped, "removed keys from a message");
         }
 
+        let Some(_queued) = session.join_queue(self.config.max_queued_messages) else {
+            tracing::warn!(
+                session = session.id(),
+                max = self.config.max_queued_messages,
+                "message queue full; refusing a message"
+            );
+            return Err(RunnerError::QueueFull {
+                max: self.config.max_queued_messages,
+            });
+        };
         let _turn = session.typing_turn().await;
         if let Some(limit) = request.wait_idle {
             tokio::select! {

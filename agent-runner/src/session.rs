@@ -115,6 +115,8 @@ pub struct Session {
     writer: Arc<tokio::sync::Mutex<pty_process::OwnedWritePty>>,
     /// Serialises messages so texts and their Enters never interleave.
     typing: tokio::sync::Mutex<()>,
+    /// Messages waiting for the typing turn or being typed.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     exit: watch::Receiver<Option<ExitInfo>>,
     activity: watch::Receiver<Activity>,
     resumes: Arc<AtomicU64>,
@@ -210,6 +212,7 @@ impl Session {
             terminal,
             writer,
             typing: tokio::sync::Mutex::new(()),
+            queued: Arc::default(),
             exit,
             activity,
             resumes,
@@ -285,6 +288,18 @@ impl Session {
             .lock()
             .map(|t| t.bracketed_paste())
             .unwrap_or(false)
+    }
+
+    /// A place in the message queue, or `None` when `max` messages are
+    /// already waiting; the place is given back when the guard drops.
+    pub fn join_queue(&self, max: usize) -> Option<QueuePlace> {
+        use std::sync::atomic::Ordering;
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(QueuePlace(Arc::clone(&self.queued)))
     }
 
     /// Holds the typing turn: while held, no other message is typed.
@@ -461,5 +476,15 @@ mod tests {
         let exited = ExitInfo::from_status(ExitStatus::from_raw(3 << 8));
         assert_eq!(exited.code, Some(3));
         assert_eq!(exited.description, "exited with status 3");
+    }
+}
+
+/// A message's place in its session's queue; see [`Session::join_queue`].
+#[derive(Debug)]
+pub struct QueuePlace(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

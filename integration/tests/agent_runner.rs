@@ -153,7 +153,11 @@ async fn deliberate_keys() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_messages_never_interleave() {
     let dir = tempfile::tempdir().unwrap();
-    let runner = AgentRunner::repl(dir.path());
+    let runner = AgentRunner::start(
+        &repl_agent(),
+        dir.path(),
+        &["--enter-delay-ms", "20", "--max-queued-messages", "200"],
+    );
     let (mcp, _pid) = started(&runner).await;
     let mcp = std::sync::Arc::new(mcp);
     let texts: Vec<String> = (0..200)
@@ -189,6 +193,68 @@ async fn concurrent_messages_never_interleave() {
             answers.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// More messages than `--max-queued-messages` at once: the excess is
+/// refused with `queue_full` and never typed, the rest arrive whole, and
+/// once the queue drains messages are taken again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_message_queue_refuses_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = AgentRunner::start(
+        &repl_agent(),
+        dir.path(),
+        &["--enter-delay-ms", "200", "--max-queued-messages", "4"],
+    );
+    let (mcp, _pid) = started(&runner).await;
+    let mcp = std::sync::Arc::new(mcp);
+    let calls = (0..20).map(|i| {
+        let mcp = mcp.clone();
+        tokio::spawn(async move {
+            (
+                i,
+                mcp.call("message", json!({ "text": format!("burst {i:02}") }))
+                    .await,
+            )
+        })
+    });
+    let (mut typed, mut refused) = (Vec::new(), Vec::new());
+    for call in futures_util::future::join_all(calls).await {
+        let (i, outcome) = call.unwrap();
+        if outcome.is_error {
+            let err = outcome.err();
+            assert_eq!(err["error"], "queue_full", "{err}");
+            assert!(err["message"].as_str().unwrap().contains("4 messages"));
+            refused.push(i);
+        } else {
+            typed.push(i);
+        }
+    }
+    assert!(
+        typed.len() >= 4,
+        "at least the queue's worth is typed: {typed:?}"
+    );
+    assert!(
+        !refused.is_empty(),
+        "20 at once into a queue of 4: {typed:?}"
+    );
+    mcp.call("message", json!({ "text": "after the burst" }))
+        .await
+        .ok();
+    runner.wait_for_output("got: 'after the burst'", WAIT).await;
+    let text = runner.get_text("/live?format=text").await;
+    for i in &typed {
+        assert!(
+            text.contains(&format!("got: 'burst {i:02}'")),
+            "{i} typed but not answered"
+        );
+    }
+    for i in &refused {
+        assert!(
+            !text.contains(&format!("burst {i:02}")),
+            "{i} refused but typed"
+        );
     }
 }
 
