@@ -107,6 +107,11 @@ impl GitNfsd {
     pub fn rss_kib(&self) -> u64 {
         crate::rss_kib(self.child.id())
     }
+
+    /// Peak resident memory so far in KiB, from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        crate::peak_rss_kib(self.child.id())
+    }
 }
 
 impl Drop for GitNfsd {

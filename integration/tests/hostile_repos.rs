@@ -134,3 +134,125 @@ fn a_path_of_four_thousand_bytes_and_odd_names_are_served_exactly() {
     // error, not a walk into a subfolder.
     assert!(c.lookup(&root, b"wide/f0000000").is_err());
 }
+
+const BLOCK: usize = 4096;
+const HUGE: u64 = 2 << 30;
+
+/// Block `i` of the 2 GiB file: a fixed pattern stamped with its number, so
+/// that every block differs and a misplaced one is caught.
+fn huge_block(i: u64) -> Vec<u8> {
+    let mut block: Vec<u8> = (0..BLOCK).map(|j| (j * 31 % 251) as u8).collect();
+    block[..8].copy_from_slice(&i.to_le_bytes());
+    block
+}
+
+/// A repository whose one file is a 2 GiB loose blob, written through
+/// `git hash-object --stdin` without ever holding it in memory.
+fn huge_repo(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let repo = dir.join("store/huge.git");
+    git(
+        dir,
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            &repo.to_string_lossy(),
+        ],
+    );
+    let mut hash = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args([
+            "-c",
+            "core.looseCompression=1",
+            "hash-object",
+            "-w",
+            "--stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("git hash-object");
+    let mut stdin = hash.stdin.take().expect("stdin");
+    for i in 0..HUGE / BLOCK as u64 {
+        stdin.write_all(&huge_block(i)).expect("feeding git");
+    }
+    drop(stdin);
+    let out = hash.wait_with_output().expect("git hash-object");
+    assert!(out.status.success());
+    let blob = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let tree_line = format!("100644 blob {blob}\thuge.bin\n");
+    let mut mktree = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .arg("mktree")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("git mktree");
+    mktree
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(tree_line.as_bytes())
+        .expect("tree");
+    let tree = String::from_utf8_lossy(&mktree.wait_with_output().expect("mktree").stdout)
+        .trim()
+        .to_owned();
+    let commit = String::from_utf8_lossy(&git(
+        &repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit-tree",
+            &tree,
+            "-m",
+            "huge",
+        ],
+    ))
+    .trim()
+    .to_owned();
+    git(&repo, &["update-ref", "refs/heads/main", &commit]);
+    repo
+}
+
+/// A 2 GiB blob: streamed from its loose object into the spill folder, so
+/// the server never holds it in memory, and served byte for byte.
+#[test]
+fn a_two_gigabyte_blob_is_served_without_holding_it_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    huge_repo(dir.path());
+    let server = GitNfsd::start_with(
+        &dir.path().join("store"),
+        "127.0.0.1:0",
+        &["--spill-dir", &dir.path().to_string_lossy()],
+    );
+    let mut c = RpcClient::connect(server.addr);
+    // The first READ waits for the whole blob to be inflated to disk.
+    c.stream()
+        .set_read_timeout(Some(std::time::Duration::from_secs(300)))
+        .unwrap();
+    let root = c.mount("/huge@main").expect("mount");
+    let file = c.walk(&root, "huge.bin").unwrap();
+    assert_eq!(c.getattr(&file).unwrap().size, HUGE);
+    let blocks = HUGE / BLOCK as u64;
+    for block in [0, 1, blocks / 2, blocks - 1] {
+        let (data, eof) = c.read(&file, block * BLOCK as u64, BLOCK as u32).unwrap();
+        assert_eq!(data, huge_block(block), "block {block}");
+        assert_eq!(eof, block == blocks - 1);
+    }
+    let (data, eof) = c.read(&file, HUGE - 10, 1 << 20).unwrap();
+    assert_eq!((data.len(), eof), (10, true));
+    let peak_mib = server.peak_rss_kib() / 1024;
+    eprintln!("2 GiB blob: git-nfsd peak RSS {peak_mib} MiB");
+    assert!(
+        peak_mib < 512,
+        "peak RSS {peak_mib} MiB: the blob was held in memory"
+    );
+}

@@ -6,6 +6,7 @@
 
 mod objects;
 mod scan;
+mod whole;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

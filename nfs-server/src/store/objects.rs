@@ -8,6 +8,7 @@
 //! file read in 1 MiB calls would be decoded 256 times.
 
 use std::io;
+use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -163,6 +164,17 @@ impl Spill {
     }
 
     fn write(&self, key: SpillKey, data: &[u8]) -> io::Result<Arc<SpillFile>> {
+        let written = self.write_with(key, |out| out.write_all(data).map(|()| true))?;
+        written.ok_or_else(|| io::Error::other("spill file not kept"))
+    }
+
+    /// Writes the spill file for `key` with `fill`, which says whether it
+    /// wrote the file (`false`: nothing to keep, `None` is returned).
+    fn write_with(
+        &self,
+        key: SpillKey,
+        fill: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> io::Result<bool>,
+    ) -> io::Result<Option<Arc<SpillFile>>> {
         let name = key.file_name();
         let path = self.dir.join(&name);
         // Written under a temporary name, so a half-written file is never
@@ -170,14 +182,27 @@ impl Spill {
         let partial = self
             .dir
             .join(format!("{name}.{}.partial", std::process::id()));
-        std::fs::write(&partial, data)?;
+        let written = std::fs::File::create(&partial).and_then(|file| {
+            let mut out = io::BufWriter::with_capacity(1 << 20, file);
+            let keep = fill(&mut out)?;
+            out.flush()?;
+            Ok(keep)
+        });
+        match written {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = std::fs::remove_file(&partial);
+                return Ok(None);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        }
         std::fs::rename(&partial, &path)?;
         let file = std::fs::File::open(&path)?;
-        Ok(Arc::new(SpillFile {
-            file,
-            path,
-            len: data.len() as u64,
-        }))
+        let len = file.metadata()?.len();
+        Ok(Some(Arc::new(SpillFile { file, path, len })))
     }
 
     /// Writes `data` to the spill folder under `key` (once, however many
@@ -232,16 +257,7 @@ impl BlobCache {
         self.metrics.cache_miss("blob");
         self.spill
             .files
-            .try_get_with(SpillKey::Blob(oid), || {
-                let data = self.decode(repo, oid)?;
-                self.spill
-                    .write(SpillKey::Blob(oid), &data)
-                    .map_err(|source| ObjectError::Spill {
-                        oid,
-                        path: self.spill.dir.clone(),
-                        source,
-                    })
-            })
+            .try_get_with(SpillKey::Blob(oid), || self.spill_blob(repo, oid))
             .map(Blob::Spilled)
             .map_err(|e| {
                 Arc::try_unwrap(e).unwrap_or_else(|shared| shared_error(&shared, repo, oid))
@@ -259,6 +275,35 @@ impl BlobCache {
         let blob: Arc<[u8]> = Arc::from(self.decode(repo, oid)?);
         self.cache.insert(oid, Arc::clone(&blob));
         Ok(blob)
+    }
+
+    /// Writes a large blob to the spill folder: streamed when it is stored
+    /// whole (so its size never has to fit in memory), decoded by gix when
+    /// it is a delta.
+    fn spill_blob(&self, repo: &Repo, oid: ObjectId) -> Result<Arc<SpillFile>, ObjectError> {
+        intact(repo, oid)?;
+        let spill_err = |source| ObjectError::Spill {
+            oid,
+            path: self.spill.dir.clone(),
+            source,
+        };
+        let key = SpillKey::Blob(oid);
+        let objects = repo.objects_dir();
+        let streamed = self
+            .spill
+            .write_with(key, |out| {
+                let size = super::whole::copy_whole_blob(&objects, oid, out)?;
+                if let Some(size) = size {
+                    self.metrics.blob_bytes_decoded.inc_by(size);
+                }
+                Ok(size.is_some())
+            })
+            .map_err(spill_err)?;
+        if let Some(file) = streamed {
+            return Ok(file);
+        }
+        let data = self.decode(repo, oid)?;
+        self.spill.write(key, &data).map_err(spill_err)
     }
 
     fn decode(&self, repo: &Repo, oid: ObjectId) -> Result<Vec<u8>, ObjectError> {
