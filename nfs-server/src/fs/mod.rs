@@ -110,19 +110,13 @@ pub struct Attr {
     pub time: i64,
 }
 
-/// Bytes answered by [`Filesystem::read`]: a range of a cached blob.
+/// Bytes answered by [`Filesystem::read`]: a slice of a cached blob (not
+/// a copy) or bytes read from disk for this call.
 #[derive(Debug, Clone)]
 pub struct ReadChunk {
-    pub blob: Arc<[u8]>,
-    pub range: std::ops::Range<usize>,
-    /// Whether the range reaches the end of the file.
+    pub data: bytes::Bytes,
+    /// Whether the data reaches the end of the file.
     pub eof: bool,
-}
-
-impl ReadChunk {
-    pub fn bytes(&self) -> &[u8] {
-        &self.blob[self.range.clone()]
-    }
 }
 
 /// One READDIR entry.
@@ -768,19 +762,15 @@ impl Filesystem {
             NodeKind::Dir | NodeKind::Gitlink | NodeKind::GitDir => return Err(FsError::IsDir),
             NodeKind::Symlink => return Err(FsError::NotSymlink),
         };
-        let (bytes, range) = blob
+        let data = blob
             .read(offset, count)
             .map_err(|source| FsError::Spilled {
                 repo: export.repo.name.clone(),
                 source,
             })?;
-        self.count_read(read_kind(&export.tree, n), range.len());
-        let eof = offset.saturating_add(range.len() as u64) >= blob.len();
-        Ok(ReadChunk {
-            blob: bytes,
-            range,
-            eof,
-        })
+        self.count_read(read_kind(&export.tree, n), data.len());
+        let eof = offset.saturating_add(data.len() as u64) >= blob.len();
+        Ok(ReadChunk { data, eof })
     }
 
     fn count_read(&self, kind: &'static str, bytes: usize) {
@@ -829,8 +819,7 @@ impl Filesystem {
         file.read_exact_at(&mut buf, start).map_err(io)?;
         self.count_read("git", want);
         Ok(ReadChunk {
-            blob: Arc::from(buf),
-            range: 0..want,
+            data: bytes::Bytes::from(buf),
             eof: start + want as u64 >= size,
         })
     }
@@ -1093,7 +1082,7 @@ mod tests {
         );
         let file = b.lookup(&b.node(id_a).unwrap(), b"f0001").unwrap();
         let chunk = b.read(&file, 0, 100).unwrap();
-        assert_eq!(chunk.bytes(), b"1");
+        assert_eq!(&chunk.data[..], b"1");
         assert!(chunk.eof);
     }
 }

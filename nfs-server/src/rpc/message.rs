@@ -126,6 +126,14 @@ fn parse_credential(flavor: u32, body: &[u8]) -> Result<Credential, XdrError> {
 pub enum Reply {
     /// SUCCESS with the procedure's encoded result.
     Success(Vec<u8>),
+    /// SUCCESS with a result that ends in an opaque: `head` is everything
+    /// before the opaque's bytes (its length included), `data` its bytes.
+    /// READ answers this way, so file contents go to the socket without
+    /// being copied into the reply.
+    Data {
+        head: Vec<u8>,
+        data: bytes::Bytes,
+    },
     ProgUnavail,
     ProgMismatch {
         low: u32,
@@ -144,7 +152,7 @@ impl Reply {
     /// Name used in logs and metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::Success(_) => "success",
+            Self::Success(_) | Self::Data { .. } => "success",
             Self::ProgUnavail => "prog_unavail",
             Self::ProgMismatch { .. } => "prog_mismatch",
             Self::ProcUnavail => "proc_unavail",
@@ -157,6 +165,14 @@ impl Reply {
 
     /// Encodes the whole reply message for `xid` into `out` (no record mark).
     pub fn encode(self, xid: u32, out: &mut Vec<u8>) {
+        let tail = self.encode_head(xid, out);
+        out.extend_from_slice(&tail.data);
+        out.resize(out.len() + tail.padding, 0);
+    }
+
+    /// Encodes all but the trailing opaque bytes of a [`Reply::Data`] into
+    /// `out`, and returns them, so they can be written without a copy.
+    pub fn encode_head(self, xid: u32, out: &mut Vec<u8>) -> Tail {
         let accepted = |reply_data| {
             reply_body::MSG_ACCEPTED(accepted_reply {
                 verf: opaque_auth::default(),
@@ -164,7 +180,11 @@ impl Reply {
             })
         };
         let (body, result) = match self {
-            Self::Success(result) => (accepted(accept_stat_data::SUCCESS), Some(result)),
+            Self::Success(result) => (accepted(accept_stat_data::SUCCESS), Some((result, None))),
+            Self::Data { head, data } => (
+                accepted(accept_stat_data::SUCCESS),
+                Some((head, Some(data))),
+            ),
             Self::ProgUnavail => (accepted(accept_stat_data::PROG_UNAVAIL), None),
             Self::ProgMismatch { low, high } => (
                 accepted(accept_stat_data::PROG_MISMATCH { low, high }),
@@ -190,10 +210,33 @@ impl Reply {
             body: msg_body::REPLY(body),
         };
         encode(&msg, out);
-        if let Some(result) = result {
-            out.extend_from_slice(&result);
+        let Some((result, data)) = result else {
+            return Tail::default();
+        };
+        out.extend_from_slice(&result);
+        let data = data.unwrap_or_default();
+        Tail {
+            padding: (4 - data.len() % 4) % 4,
+            data,
         }
     }
+
+    /// Bytes of the procedure's result, for limits and sizing.
+    pub fn result_len(&self) -> usize {
+        match self {
+            Self::Success(result) => result.len(),
+            Self::Data { head, data } => head.len() + data.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The end of a reply that is written as is: an opaque's bytes and the
+/// zeros that pad them to a multiple of four.
+#[derive(Debug, Default)]
+pub struct Tail {
+    pub data: bytes::Bytes,
+    pub padding: usize,
 }
 
 #[cfg(test)]

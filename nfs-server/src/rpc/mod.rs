@@ -5,5 +5,5 @@ pub mod message;
 pub mod record;
 pub mod xdr;
 
-pub use message::{CallError, CallHeader, Credential, Reply, parse_call};
+pub use message::{CallError, CallHeader, Credential, Reply, Tail, parse_call};
 pub use xdr::{Decode, XdrError, XdrReader, decode_args, encode};

@@ -75,9 +75,10 @@ pub fn reply_buffer(capacity: usize) -> Vec<u8> {
     v
 }
 
-/// Writes the record mark into a buffer made by [`reply_buffer`].
-pub fn seal_reply(buf: &mut [u8]) {
-    let len = u32::try_from(buf.len() - 4).unwrap_or(u32::MAX) & !LAST_FRAGMENT;
+/// Writes the record mark into a buffer made by [`reply_buffer`], for a
+/// record of its bytes and `more` bytes sent after it.
+pub fn seal_reply(buf: &mut [u8], more: usize) {
+    let len = u32::try_from(buf.len() - 4 + more).unwrap_or(u32::MAX) & !LAST_FRAGMENT;
     buf[..4].copy_from_slice(&(len | LAST_FRAGMENT).to_be_bytes());
 }
 
@@ -144,7 +145,9 @@ mod tests {
     fn seals_reply() {
         let mut buf = reply_buffer(3);
         buf.extend_from_slice(b"xyz");
-        seal_reply(&mut buf);
+        seal_reply(&mut buf, 0);
         assert_eq!(&buf[..4], &[0x80, 0, 0, 3]);
+        seal_reply(&mut buf, 5);
+        assert_eq!(&buf[..4], &[0x80, 0, 0, 8]);
     }
 }

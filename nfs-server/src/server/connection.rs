@@ -18,7 +18,7 @@ use super::Limits;
 use crate::dispatch::{Context, route};
 use crate::metrics::Metrics;
 use crate::rpc::record::{RecordError, read_record, reply_buffer, seal_reply};
-use crate::rpc::{CallError, Reply, parse_call};
+use crate::rpc::{CallError, Reply, Tail, parse_call};
 
 /// RFC 5531 §12: procedure 0 of every program is the null procedure, which
 /// takes no arguments and does no work.
@@ -36,10 +36,15 @@ pub async fn serve(
     tracing::debug!(%peer, "connection opened");
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
-    let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(limits.max_in_flight);
+    let (replies, mut outgoing) = mpsc::channel::<Framed>(limits.max_in_flight);
     let writer = tokio::spawn(async move {
-        while let Some(buf) = outgoing.recv().await {
-            if let Err(e) = write_half.write_all(&buf).await {
+        while let Some(framed) = outgoing.recv().await {
+            // One vectored write where it fits: head, file data, padding.
+            let mut buf = bytes::Buf::chain(
+                bytes::Buf::chain(&framed.head[..], framed.tail.data),
+                &PADDING[..framed.tail.padding],
+            );
+            if let Err(e) = write_half.write_all_buf(&mut buf).await {
                 tracing::debug!(error = %e, "writing a reply failed");
                 break;
             }
@@ -189,18 +194,24 @@ pub async fn serve(
     tracing::debug!(%peer, reason, "connection closed");
 }
 
-async fn send(replies: &mpsc::Sender<Vec<u8>>, metrics: &Metrics, xid: u32, reply: Reply) {
-    if !matches!(reply, Reply::Success(_)) {
+/// A reply ready for the socket: record mark and everything up to the
+/// tail, then the tail (file data) as it came from the cache.
+struct Framed {
+    head: Vec<u8>,
+    tail: Tail,
+}
+
+const PADDING: [u8; 3] = [0; 3];
+
+async fn send(replies: &mpsc::Sender<Framed>, metrics: &Metrics, xid: u32, reply: Reply) {
+    if !matches!(reply, Reply::Success(_) | Reply::Data { .. }) {
         Metrics::count(&metrics.statuses, reply.outcome());
     }
-    let mut buf = reply_buffer(match &reply {
-        Reply::Success(body) => body.len() + 24,
-        _ => 32,
-    });
-    reply.encode(xid, &mut buf);
-    seal_reply(&mut buf);
+    let mut head = reply_buffer(reply.result_len().min(64 * 1024) + 32);
+    let tail = reply.encode_head(xid, &mut head);
+    seal_reply(&mut head, tail.data.len() + tail.padding);
     // The connection may be gone; its reply has nowhere to go then.
-    let _ = replies.send(buf).await;
+    let _ = replies.send(Framed { head, tail }).await;
 }
 
 fn is_disconnect(e: &std::io::Error) -> bool {

@@ -72,22 +72,22 @@ impl Blob {
         self.len() == 0
     }
 
-    /// Up to `count` bytes from `offset`: a shared buffer and the range of
-    /// it that holds them.
-    pub fn read(&self, offset: u64, count: u32) -> io::Result<(Arc<[u8]>, std::ops::Range<usize>)> {
+    /// Up to `count` bytes from `offset`: a slice of the cached blob
+    /// (shared, not copied), or bytes read from the spilled file.
+    pub fn read(&self, offset: u64, count: u32) -> io::Result<bytes::Bytes> {
         match self {
             Self::Memory(bytes) => {
                 let len = bytes.len();
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
                 let end = start.saturating_add(count as usize).min(len);
-                Ok((Arc::clone(bytes), start..end))
+                Ok(bytes::Bytes::from_owner(Arc::clone(bytes)).slice(start..end))
             }
             Self::Spilled(file) => {
                 let start = offset.min(file.len);
                 let want = (u64::from(count)).min(file.len - start) as usize;
                 let mut buf = vec![0u8; want];
                 file.file.read_exact_at(&mut buf, start)?;
-                Ok((Arc::from(buf), 0..want))
+                Ok(bytes::Bytes::from(buf))
             }
         }
     }
