@@ -5,7 +5,8 @@
 //! ([`capture`]) and on a rendered screen ([`terminal`]), and offers MCP
 //! tools to start it and type into it ([`mcp`], [`runner`]) next to plain
 //! HTTP endpoints to watch it ([`http`]). What a message may type is
-//! decided in [`keys`]; when the machine may be given back, in [`idle`].
+//! decided in [`keys`]; when the machine may be given back, in [`idle`];
+//! whether a killed agent ran out of memory, in [`oom`].
 
 pub mod capture;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod idle;
 pub mod keys;
 pub mod mcp;
+pub mod oom;
 pub mod runner;
 pub mod session;
 pub mod terminal;

@@ -44,29 +44,31 @@ pub struct ExitInfo {
     pub signal: Option<i32>,
     /// "exited with status 3", "killed by signal 9 (SIGKILL)".
     pub description: String,
+    /// Killed by SIGKILL while the kernel's OOM kill count rose: out of
+    /// memory (the machine's, or its cgroup's limit).
+    pub oom_killed: bool,
 }
 
 impl ExitInfo {
-    fn from_status(status: ExitStatus) -> Self {
+    /// `oom_kills_rose`: whether the kernel's OOM kill count went up while
+    /// the agent ran (see [`crate::oom`]).
+    fn from_status(status: ExitStatus, oom_kills_rose: bool) -> Self {
         let code = status.code();
         let signal = status.signal();
+        let oom_killed = signal == Some(9) && oom_kills_rose;
         let description = match (code, signal) {
             (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(signal)) => {
-                let name = signal_name(signal);
-                let hint = if signal == 9 {
-                    " (also what the kernel's OOM killer sends)"
-                } else {
-                    ""
-                };
-                format!("killed by signal {signal} ({name}){hint}")
+            (None, Some(9)) if oom_killed => {
+                "killed by the kernel's OOM killer (signal 9, SIGKILL): out of memory".to_owned()
             }
+            (None, Some(signal)) => format!("killed by signal {signal} ({})", signal_name(signal)),
             (None, None) => "ended with an unknown status".to_owned(),
         };
         Self {
             code,
             signal,
             description,
+            oom_killed,
         }
     }
 }
@@ -156,6 +158,7 @@ impl Session {
             source,
         })?;
         let pid = child.id().unwrap_or_default();
+        let oom_kills_at_start = crate::oom::kills_so_far();
         let (reader, writer) = pty.into_split();
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
         let terminal = Arc::new(Mutex::new(Terminal::new(spec.rows, spec.cols)));
@@ -174,12 +177,16 @@ impl Session {
             let capture = capture.clone();
             async move {
                 let status = child.wait().await;
+                let oom_kills_rose = oom_kills_at_start
+                    .zip(crate::oom::kills_so_far())
+                    .is_some_and(|(before, now)| now > before);
                 let info = match status {
-                    Ok(status) => ExitInfo::from_status(status),
+                    Ok(status) => ExitInfo::from_status(status, oom_kills_rose),
                     Err(e) => ExitInfo {
                         code: None,
                         signal: None,
                         description: format!("could not be waited for: {e}"),
+                        oom_killed: false,
                     },
                 };
                 let drained = tokio::time::timeout(DRAIN_AFTER_EXIT, output).await;
@@ -255,6 +262,7 @@ impl Session {
                     code: None,
                     signal: None,
                     description: "lost track of the agent".to_owned(),
+                    oom_killed: false,
                 };
             }
         }
@@ -470,10 +478,16 @@ mod tests {
 
     #[test]
     fn exit_descriptions_name_the_cause() {
-        let killed = ExitInfo::from_status(ExitStatus::from_raw(9));
+        let killed = ExitInfo::from_status(ExitStatus::from_raw(9), false);
         assert_eq!(killed.signal, Some(9));
-        assert!(killed.description.contains("SIGKILL"));
-        let exited = ExitInfo::from_status(ExitStatus::from_raw(3 << 8));
+        assert_eq!(killed.description, "killed by signal 9 (SIGKILL)");
+        assert!(!killed.oom_killed);
+        let oom = ExitInfo::from_status(ExitStatus::from_raw(9), true);
+        assert!(oom.oom_killed);
+        assert!(oom.description.contains("OOM killer"));
+        let terminated = ExitInfo::from_status(ExitStatus::from_raw(15), true);
+        assert!(!terminated.oom_killed, "only SIGKILL is the OOM killer's");
+        let exited = ExitInfo::from_status(ExitStatus::from_raw(3 << 8), true);
         assert_eq!(exited.code, Some(3));
         assert_eq!(exited.description, "exited with status 3");
     }

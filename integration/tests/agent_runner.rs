@@ -798,3 +798,97 @@ async fn five_hundred_followers_and_a_stalled_one() {
     );
     drop(stalled);
 }
+
+/// A memory cgroup with a limit, under the test's own (cgroup v1 or v2),
+/// removed on drop.
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    fn create(limit: u64) -> Self {
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+        let name = format!("lazy-worktree-oom-{}", std::process::id());
+        let v1 = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, path)| path.to_owned()));
+        let (dir, limit_file) = match v1 {
+            Some(path) => (
+                std::path::Path::new("/sys/fs/cgroup/memory")
+                    .join(path.trim_start_matches('/'))
+                    .join(&name),
+                "memory.limit_in_bytes",
+            ),
+            None => {
+                let path = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .expect("a cgroup v2 path");
+                let root = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+                    "/sys/fs/cgroup"
+                } else {
+                    "/sys/fs/cgroup/unified"
+                };
+                (
+                    std::path::Path::new(root)
+                        .join(path.trim_start_matches('/'))
+                        .join(&name),
+                    "memory.max",
+                )
+            }
+        };
+        std::fs::create_dir_all(&dir).expect("creating a memory cgroup (needs root)");
+        std::fs::write(dir.join(limit_file), limit.to_string()).expect("setting its limit");
+        Self { dir }
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// An agent that outgrows its memory limit is killed by the kernel's OOM
+/// killer, and the runner says so (not just "signal 9").
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_by_the_oom_killer_is_reported_as_such() {
+    let cgroup = MemoryCgroup::create(64 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let hog = dir.path().join("hog");
+    std::fs::write(
+        &hog,
+        "#!/bin/sh\necho $$ > \"$CGROUP/cgroup.procs\"\necho hogging\n\
+         exec python3 -c 'import time; b = bytearray(1 << 30); time.sleep(60)'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let runner = AgentRunner::start(&hog, &dir.path().join("captures"), &[]);
+    let mcp = runner.mcp().await;
+    mcp.call(
+        "start",
+        json!({ "env": { "CGROUP": cgroup.dir.to_string_lossy() } }),
+    )
+    .await
+    .ok();
+    let deadline = std::time::Instant::now() + WAIT;
+    let err = loop {
+        let outcome = mcp.call("message", json!({"text": "still there?"})).await;
+        if outcome.is_error && outcome.value["error"] == "exited" {
+            break outcome.value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hog was never killed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(err["exit"]["signal"], 9, "{err}");
+    assert_eq!(err["exit"]["oom_killed"], true, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("OOM killer"),
+        "{err}"
+    );
+    let health = runner.healthz().await;
+    assert_eq!(health["agent"]["exit"]["oom_killed"], true, "{health}");
+}
