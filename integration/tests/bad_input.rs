@@ -426,3 +426,104 @@ fn absurd_counts_and_offsets_get_bounded_answers() {
     );
     assert_healthy(&server);
 }
+
+/// Thousands of idle connections from one client: it gets its share
+/// (`--max-connections-per-client`), the rest are closed on accept and
+/// logged a few times, not per connection, and another client is served
+/// while they are held.
+#[test]
+fn thousands_of_idle_connections_cannot_lock_others_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("git-nfsd.log");
+    let server = GitNfsd::start_logging_to(
+        fixture::store(),
+        &[
+            "--max-connections-per-client",
+            "64",
+            "--max-connections",
+            "1024",
+        ],
+        &log,
+    );
+    // 2,000 sockets on this side: make sure the descriptor limit allows it.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current.is_some_and(|current| current < 4096) {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        rustix::process::setrlimit(rustix::process::Resource::Nofile, raised).unwrap();
+    }
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        let c = RpcClient::connect_from(attacker, server.addr);
+        held.push(c);
+    }
+    // The server closes what is over the share as it accepts them.
+    let refused = counted_closes(&server, "client_connection_limit", 1936.0);
+    assert_eq!(refused, 1936.0, "2,000 - 64 refused");
+    assert_healthy(&server);
+    let open = held
+        .iter_mut()
+        .map(|c| closed_now(c.stream()))
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(open, 64, "the client keeps its share");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text.matches("too many connections from one client").count();
+    assert!(
+        (1..=5).contains(&lines),
+        "{lines} log lines for 1,936 refusals"
+    );
+}
+
+/// Whether the server has closed `stream` (EOF or reset), without waiting.
+fn closed_now(stream: &mut TcpStream) -> bool {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0; 1];
+    let closed = match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).expect("blocking");
+    closed
+}
+
+/// Clients that pipeline large READs and never read the replies: each
+/// fills its reply queue, and the calls waiting behind it must not hold
+/// threads the other clients need. Twelve of them at 64 calls in flight
+/// would hold 768 blocking threads, more than the pool's 512.
+#[test]
+fn clients_that_read_no_replies_cannot_starve_the_others() {
+    let server = GitNfsd::start(fixture::store());
+    let mut c = RpcClient::connect(server.addr);
+    let root = c.mount("/app").expect("mount");
+    let big = c.walk(&root, "big/random.bin").expect("big file");
+    let mut deaf = Vec::new();
+    for _ in 0..12 {
+        let mut d = RpcClient::connect(server.addr);
+        d.stream()
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut batch = Vec::new();
+        for i in 0..200u64 {
+            let args = pack(&nfs3_types::nfs3::READ3args {
+                file: big.clone(),
+                offset: (i % 19) << 20,
+                count: 1 << 20,
+            });
+            let (_, rec) = d.call_record(100_003, 3, 6, &args);
+            batch.extend_from_slice(&(0x8000_0000u32 | rec.len() as u32).to_be_bytes());
+            batch.extend_from_slice(&rec);
+        }
+        let _ = d.stream().write_all(&batch);
+        deaf.push(d);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_healthy(&server);
+    let readme = c.walk(&root, "README.md").expect("lookup");
+    assert!(c.read_all(&readme, 4096).unwrap().starts_with(b"# Fixture"));
+    drop(deaf);
+}

@@ -102,6 +102,10 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
     max_connections: usize,
 
+    /// Open connections allowed from one client address at once.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections_per_client)]
+    max_connections_per_client: usize,
+
     /// Seconds a connection may stay silent with no call in flight before
     /// it is closed.
     #[arg(long, value_name = "SECS", default_value_t = Limits::default().idle_timeout.as_secs())]
@@ -139,9 +143,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.idle_timeout_secs == 0 || args.record_timeout_secs == 0 {
         bail!("--idle-timeout-secs and --record-timeout-secs must be at least 1");
     }
-    if args.max_in_flight == 0 || args.max_connections == 0 || args.max_record_bytes < 4096 {
+    if args.max_in_flight == 0
+        || args.max_connections == 0
+        || args.max_connections_per_client == 0
+        || args.max_record_bytes < 4096
+    {
         bail!(
-            "--max-in-flight and --max-connections must be positive, --max-record-bytes at least 4096"
+            "--max-in-flight, --max-connections and --max-connections-per-client must be positive, --max-record-bytes at least 4096"
         );
     }
     let store = match &args.store {
@@ -174,6 +182,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_record_bytes: args.max_record_bytes,
         max_in_flight: args.max_in_flight,
         max_connections: args.max_connections,
+        max_connections_per_client: args.max_connections_per_client,
         idle_timeout: std::time::Duration::from_secs(args.idle_timeout_secs),
         record_timeout: std::time::Duration::from_secs(args.record_timeout_secs),
     };

@@ -157,33 +157,43 @@ pub async fn serve(
         };
         if header.proc_ == NULL_PROCEDURE {
             // Nothing to do but answer: a flood of pings must not cost a
-            // task and a blocking thread each.
+            // blocking thread each.
             let started = Instant::now();
             let reply = (procedure.handler)(&ctx, &header, &record[args_at..]);
             ctx.metrics
                 .observe_call(procedure.program, procedure.name, started.elapsed());
-            send(&replies, &ctx.metrics, header.xid, reply).await;
+            let _ = replies.send(frame(&ctx.metrics, header.xid, reply)).await;
             drop(permit);
             continue;
         }
+        // The handler runs, and its reply is framed and queued, on one
+        // blocking thread: no hop through another task per call.
         let ctx = Arc::clone(&ctx);
         let replies = replies.clone();
-        tokio::spawn(async move {
+        tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let xid = header.xid;
-            let task_ctx = Arc::clone(&ctx);
-            let answered = tokio::task::spawn_blocking(move || {
-                (procedure.handler)(&task_ctx, &header, &record[args_at..])
-            })
-            .await;
-            let reply = answered.unwrap_or_else(|e| {
-                tracing::error!(error = %e, procedure = procedure.name, "handler panicked");
+            let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (procedure.handler)(&ctx, &header, &record[args_at..])
+            }));
+            let reply = answered.unwrap_or_else(|_| {
+                tracing::error!(procedure = procedure.name, "handler panicked");
                 Reply::SystemErr
             });
             ctx.metrics
                 .observe_call(procedure.program, procedure.name, started.elapsed());
-            send(&replies, &ctx.metrics, xid, reply).await;
-            drop(permit);
+            match replies.try_send(frame(&ctx.metrics, header.xid, reply)) {
+                // A client that reads no replies fills the queue: wait for
+                // room on a task, not on a blocking thread, so such clients
+                // cannot use up the blocking pool.
+                Err(mpsc::error::TrySendError::Full(framed)) => {
+                    tokio::runtime::Handle::current().spawn(async move {
+                        let _ = replies.send(framed).await;
+                        drop(permit);
+                    });
+                }
+                // Sent, or the connection is gone and the reply with it.
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => drop(permit),
+            }
         });
     };
     drop(replies);
@@ -204,14 +214,19 @@ struct Framed {
 const PADDING: [u8; 3] = [0; 3];
 
 async fn send(replies: &mpsc::Sender<Framed>, metrics: &Metrics, xid: u32, reply: Reply) {
+    // The connection may be gone; its reply has nowhere to go then.
+    let _ = replies.send(frame(metrics, xid, reply)).await;
+}
+
+/// Encodes and frames a reply, counting it when it is not a success.
+fn frame(metrics: &Metrics, xid: u32, reply: Reply) -> Framed {
     if !matches!(reply, Reply::Success(_) | Reply::Data { .. }) {
         Metrics::count(&metrics.statuses, reply.outcome());
     }
     let mut head = reply_buffer(reply.result_len().min(64 * 1024) + 32);
     let tail = reply.encode_head(xid, &mut head);
     seal_reply(&mut head, tail.data.len() + tail.padding);
-    // The connection may be gone; its reply has nowhere to go then.
-    let _ = replies.send(Framed { head, tail }).await;
+    Framed { head, tail }
 }
 
 fn is_disconnect(e: &std::io::Error) -> bool {
