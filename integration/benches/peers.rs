@@ -4,7 +4,10 @@
 //!
 //! - sequential read of a 256 MiB file (one reader, and 4 at once);
 //! - a full recursive listing with attributes (READDIRPLUS) of 100,000
-//!   files.
+//!   files;
+//! - random 4 KiB READs across 2,000 of those files from 1, 4, 16 and 64
+//!   concurrent clients (this project's own blocking RPC client, one
+//!   connection each): throughput and p50/p99 latency.
 //!
 //! git-nfsd serves the files from packed objects; ganesha (VFS FSAL)
 //! exports a checkout of the same commits from local disk. Needs root and
@@ -18,11 +21,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use integration::client::RpcClient;
 use integration::server::GitNfsd;
+use nfs3_types::nfs3::nfs_fh3;
 
 const ROUNDS: usize = 5;
 const BIG_MIB: usize = 256;
 const FILES: usize = 100_000;
+const RANDOM_FILES: usize = 2_000;
+const RANDOM_READS: usize = 20_000;
+const RANDOM_ROUNDS: usize = 3;
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run");
@@ -242,6 +250,108 @@ fn list(url: &str) -> (Duration, usize) {
     )
 }
 
+/// A small deterministic generator (xorshift64*), so both servers get
+/// the same sequence of reads.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Files for the random reads: (path, size), the same ones on both servers.
+fn random_read_files(store: &Path, count: usize) -> Vec<(String, u64)> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(store.join("files.git"))
+        .args(["ls-tree", "-r", "--long", "main"])
+        .output()
+        .expect("git ls-tree");
+    let all: Vec<(String, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (meta, path) = l.split_once('\t')?;
+            let size = meta.split_whitespace().nth(3)?.parse().ok()?;
+            Some((path.to_owned(), size))
+        })
+        .filter(|(_, size)| *size > 0)
+        .collect();
+    let mut rng = Rng(0x5eed);
+    (0..count)
+        .map(|_| all[(rng.next() % all.len() as u64) as usize].clone())
+        .collect()
+}
+
+/// One server's side of the random reads: where to connect, and the
+/// handles of the files (looked up, and each read once to warm it).
+struct RandomTarget {
+    nfs: std::net::SocketAddr,
+    files: Vec<(nfs_fh3, u64)>,
+}
+
+impl RandomTarget {
+    fn new(
+        mount: std::net::SocketAddr,
+        nfs: std::net::SocketAddr,
+        export: &str,
+        files: &[(String, u64)],
+    ) -> Self {
+        let root = RpcClient::connect(mount).mount(export).expect("MOUNT");
+        let mut c = RpcClient::connect(nfs);
+        let files = files
+            .iter()
+            .map(|(path, size)| {
+                let fh = c.walk(&root, path).expect("LOOKUP");
+                c.read(&fh, 0, 4096).expect("warming READ");
+                (fh, *size)
+            })
+            .collect();
+        Self { nfs, files }
+    }
+
+    /// `total` random 4 KiB READs from `clients` connections at once:
+    /// reads per second and every READ's latency.
+    fn run(&self, clients: usize, total: usize) -> (f64, Vec<Duration>) {
+        let per_client = total / clients;
+        let started = Instant::now();
+        let latencies: Vec<Duration> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..clients)
+                .map(|n| {
+                    scope.spawn(move || {
+                        let mut c = RpcClient::connect(self.nfs);
+                        let mut rng = Rng(0x1234_5678 + n as u64);
+                        let mut latencies = Vec::with_capacity(per_client);
+                        for _ in 0..per_client {
+                            let (fh, size) =
+                                &self.files[(rng.next() % self.files.len() as u64) as usize];
+                            let blocks = size.div_ceil(4096).max(1);
+                            let offset = (rng.next() % blocks) * 4096;
+                            let t = Instant::now();
+                            c.read(fh, offset, 4096).expect("READ");
+                            latencies.push(t.elapsed());
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("reader"))
+                .collect()
+        });
+        let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+        (rate, latencies)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -292,6 +402,41 @@ fn main() {
         b.as_secs_f64(),
         b.as_secs_f64() / a.as_secs_f64()
     ));
+
+    // Random 4 KiB reads, same files, same sequence, on both servers.
+    let files = random_read_files(&store, RANDOM_FILES);
+    let ours_random = RandomTarget::new(nfsd.addr, nfsd.addr, "/files@main", &files);
+    let theirs_random = RandomTarget::new(
+        ([127, 0, 0, 1], ganesha.mount_port).into(),
+        ([127, 0, 0, 1], ganesha.port).into(),
+        "/data/files",
+        &files,
+    );
+    for clients in [1, 4, 16, 64] {
+        let mut rounds = Vec::new();
+        for _ in 0..RANDOM_ROUNDS {
+            rounds.push((
+                ours_random.run(clients, RANDOM_READS),
+                theirs_random.run(clients, RANDOM_READS),
+            ));
+        }
+        // The round with the median ratio, so its latencies go together.
+        rounds.sort_by(|a, b| (a.0.0 / a.1.0).total_cmp(&(b.0.0 / b.1.0)));
+        let ((our_rate, mut ours), (their_rate, mut theirs)) = rounds.swap_remove(rounds.len() / 2);
+        ours.sort();
+        theirs.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        rows.push(format!(
+            "| random 4 KiB READs, {clients} client(s): reads/s; p50 / p99 ms | {:.0}; {:.2} / {:.2} | {:.0}; {:.2} / {:.2} | {:.2} |",
+            our_rate,
+            ms(percentile(&ours, 0.5)),
+            ms(percentile(&ours, 0.99)),
+            their_rate,
+            ms(percentile(&theirs, 0.5)),
+            ms(percentile(&theirs, 0.99)),
+            our_rate / their_rate
+        ));
+    }
     rows.push(format!(
         "| server RSS after the runs | {} MiB | {} MiB | |",
         nfsd.rss_kib() / 1024,
