@@ -122,6 +122,63 @@ fn two_repo_store(dir: &Path) -> std::path::PathBuf {
     store
 }
 
+/// A pack corrupted in place (same size, bytes flipped inside one blob's
+/// compressed data): reading that blob answers NFS3ERR_IO, never wrong
+/// bytes, and every other file of the same pack is still served.
+#[test]
+fn a_pack_corrupted_in_place_fails_only_the_damaged_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = two_repo_store(dir.path());
+    let bare = store.join("app.git");
+    // Incompressible, so zlib stores it in stored blocks: only the stream's
+    // checksum can tell the flipped bytes.
+    let damaged: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    commit_file(&dir.path().join("work-app"), "damaged.bin", &damaged);
+    git(&bare, &["repack", "-q", "-a", "-d"]);
+    let pack = std::fs::read_dir(bare.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "pack"))
+        .unwrap();
+    let blob = String::from_utf8(git(&bare, &["rev-parse", "main:damaged.bin"])).unwrap();
+    let idx = pack.with_extension("idx");
+    let listing =
+        String::from_utf8(git(&bare, &["verify-pack", "-v", idx.to_str().unwrap()])).unwrap();
+    let fields: Vec<u64> = listing
+        .lines()
+        .find(|l| l.starts_with(blob.trim()))
+        .unwrap()
+        .split_whitespace()
+        .skip(2)
+        .take(3)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let (size_in_pack, offset) = (fields[1], fields[2]);
+
+    let server = GitNfsd::start(&store);
+    let mut client = RpcClient::connect(server.addr);
+    let root = client.mount("/app@main").unwrap();
+    let damaged_fh = client.walk(&root, "damaged.bin").unwrap();
+    let app_fh = client.walk(&root, "app.txt").unwrap();
+    // Flip 16 bytes in the middle of the blob's data, before it was read.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+        file.seek(SeekFrom::Start(offset + size_in_pack / 2))
+            .unwrap();
+        file.write_all(&[0x5a; 16]).unwrap();
+    }
+    let status = client.read_all(&damaged_fh, 65536).unwrap_err();
+    assert_eq!(format!("{status:?}"), "NFS3ERR_IO");
+    assert_eq!(client.read_all(&app_fh, 4096).unwrap(), b"app\n");
+    let mut other = RpcClient::connect(server.addr);
+    let lib = other.mount("/lib@main").unwrap();
+    let lib_file = other.walk(&lib, "lib.txt").unwrap();
+    assert_eq!(other.read_all(&lib_file, 4096).unwrap(), b"lib\n");
+}
+
 /// A repository deleted from the store: its mounted export answers STALE,
 /// a new mount of it fails cleanly, and the other repository is untouched.
 #[test]
