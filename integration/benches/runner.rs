@@ -8,7 +8,9 @@
 //! - start → first byte of the agent on a follower;
 //! - `/live` download throughput of a large capture, against reading the
 //!   capture file from disk;
-//! - runner RSS idle, and with 50 followers while the agent prints.
+//! - runner RSS idle, and with 50 followers while the agent prints;
+//! - the agent's own output rate with no follower, and with 500 followers
+//!   and one that never reads (none may slow it down).
 //!
 //! The agent is the scripted REPL in `integration/agents/repl-agent`.
 
@@ -61,6 +63,24 @@ impl Follower {
             }
             let keep = needle.len().saturating_sub(1).min(self.seen.len());
             self.seen.drain(..self.seen.len() - keep);
+            let chunk = self
+                .stream
+                .next()
+                .await
+                .expect("stream open")
+                .expect("chunk");
+            self.seen.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Reads until `end` has arrived and returns what came before it.
+    async fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(at) = self.seen.windows(end.len()).position(|w| w == end) {
+                let before = self.seen[..at].to_vec();
+                self.seen.drain(..at + end.len());
+                return before;
+            }
             let chunk = self
                 .stream
                 .next()
@@ -206,6 +226,33 @@ async fn start_to_first_byte(runner: &AgentRunner, mcp: &Mcp) -> Vec<Duration> {
     times
 }
 
+/// Lines per burst in the follower comparison (~3.8 MB).
+const BURST_LINES: usize = 50_000;
+
+/// The agent's own time for one burst, as it reports it.
+async fn burst_ms(runner: &AgentRunner, mcp: &Mcp) -> f64 {
+    let at = runner.healthz().await["agent"]["capture_bytes"]
+        .as_u64()
+        .expect("capture_bytes");
+    let mut follower = Follower::open(runner, &format!("&offset={at}")).await;
+    message(mcp, &format!("spew {BURST_LINES}")).await;
+    follower.wait_for(b"spewed in ").await;
+    let ms = follower.read_until(b" ms").await;
+    String::from_utf8_lossy(&ms)
+        .parse()
+        .expect("the agent's time")
+}
+
+/// Median burst time over 5 bursts.
+async fn median_burst_ms(runner: &AgentRunner, mcp: &Mcp) -> f64 {
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        times.push(burst_ms(runner, mcp).await);
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -234,6 +281,28 @@ async fn main() {
     for f in followers {
         f.await.expect("follower");
     }
+    // The agent's own output rate, alone and with 500 followers reading
+    // everything plus one that reads nothing.
+    let alone = median_burst_ms(&runner, &mcp).await;
+    let stalled = runner
+        .http()
+        .get(runner.url("/live?follow=1"))
+        .send()
+        .await
+        .expect("stalled follower");
+    let mut crowd = Vec::new();
+    for _ in 0..500 {
+        let mut follower = Follower::open(&runner, "").await;
+        crowd.push(tokio::spawn(async move {
+            follower.wait_for(b"crowd done").await;
+        }));
+    }
+    let crowded = median_burst_ms(&runner, &mcp).await;
+    message(&mcp, "crowd done").await;
+    for f in crowd {
+        f.await.expect("follower");
+    }
+    drop(stalled);
     let capture = dir.path().join("session-000001.log");
     let mut downloads = Vec::new();
     let mut reads = Vec::new();
@@ -297,6 +366,10 @@ async fn main() {
         rate(d),
         rate(r),
         r.as_secs_f64() / d.as_secs_f64()
+    );
+    println!(
+        "| the agent's own time to print {BURST_LINES} lines, median of 5, with 500 followers and a stalled one | {crowded:.0} ms | {alone:.0} ms (no follower) | {:.2}x |",
+        crowded / alone
     );
     println!("| runner RSS, idle | {} MiB | | |", rss_idle / 1024);
     println!(
