@@ -63,13 +63,7 @@ impl Follower {
             }
             let keep = needle.len().saturating_sub(1).min(self.seen.len());
             self.seen.drain(..self.seen.len() - keep);
-            let chunk = self
-                .stream
-                .next()
-                .await
-                .expect("stream open")
-                .expect("chunk");
-            self.seen.extend_from_slice(&chunk);
+            self.read_chunk().await;
         }
     }
 
@@ -81,25 +75,23 @@ impl Follower {
                 self.seen.drain(..at + end.len());
                 return before;
             }
-            let chunk = self
-                .stream
-                .next()
-                .await
-                .expect("stream open")
-                .expect("chunk");
-            self.seen.extend_from_slice(&chunk);
+            self.read_chunk().await;
         }
+    }
+
+    async fn read_chunk(&mut self) {
+        let chunk = self
+            .stream
+            .next()
+            .await
+            .expect("stream open")
+            .expect("chunk");
+        self.seen.extend_from_slice(&chunk);
     }
 
     async fn first_byte(&mut self) {
         while self.seen.is_empty() {
-            let chunk = self
-                .stream
-                .next()
-                .await
-                .expect("stream open")
-                .expect("chunk");
-            self.seen.extend_from_slice(&chunk);
+            self.read_chunk().await;
         }
     }
 }

@@ -122,6 +122,14 @@ fn two_repo_store(dir: &Path) -> std::path::PathBuf {
     store
 }
 
+/// 300 KB of pseudo-random bytes: large enough for its own pack entry,
+/// and stored by zlib as is.
+fn incompressible() -> Vec<u8> {
+    (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
 /// A pack corrupted in place (same size, bytes flipped inside one blob's
 /// compressed data): reading that blob answers NFS3ERR_IO, never wrong
 /// bytes, and every other file of the same pack is still served.
@@ -132,10 +140,11 @@ fn a_pack_corrupted_in_place_fails_only_the_damaged_object() {
     let bare = store.join("app.git");
     // Incompressible, so zlib stores it in stored blocks: only the stream's
     // checksum can tell the flipped bytes.
-    let damaged: Vec<u8> = (0..300_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    commit_file(&dir.path().join("work-app"), "damaged.bin", &damaged);
+    commit_file(
+        &dir.path().join("work-app"),
+        "damaged.bin",
+        &incompressible(),
+    );
     git(&bare, &["repack", "-q", "-a", "-d"]);
     let pack = std::fs::read_dir(bare.join("objects/pack"))
         .unwrap()
@@ -224,10 +233,11 @@ fn a_truncated_pack_fails_only_its_own_objects() {
     let dir = tempfile::tempdir().unwrap();
     let store = two_repo_store(dir.path());
     let bare = store.join("app.git");
-    let doomed: Vec<u8> = (0..300_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    commit_file(&dir.path().join("work-app"), "doomed.bin", &doomed);
+    commit_file(
+        &dir.path().join("work-app"),
+        "doomed.bin",
+        &incompressible(),
+    );
     git(&bare, &["repack", "-q", "-d"]);
     let newest = std::fs::read_dir(bare.join("objects/pack"))
         .unwrap()
