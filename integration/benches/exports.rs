@@ -1,0 +1,135 @@
+//! Memory per live export: git-nfsd's RSS with 1, 10 and 100 exports of a
+//! 100,000-file tree mounted and in use, with the default cache (256 MiB)
+//! and a larger one, printed as a table:
+//! `cargo build --release --bins && cargo bench -p integration --bench exports`.
+//!
+//! Each export is a different commit (same tree, its own node table and
+//! index), mounted, listed at its root and its index read, as a fresh
+//! `git status` would. The cache bounds what stays: exports past it are
+//! evicted and rebuilt from their handles on next use, so RSS should level
+//! off at the cache size plus a small fixed cost.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use integration::client::RpcClient;
+use integration::server::GitNfsd;
+
+const FILES: usize = 100_000;
+const COUNTS: [usize; 3] = [1, 10, 100];
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `store/files.git` (100,000 files) with 100 extra commits of the same
+/// tree, `refs/heads/e000` to `e099`. Built once and cached.
+fn prepare() -> PathBuf {
+    let root = integration::target_dir()
+        .join("lazy-worktree-fixtures")
+        .join("exports");
+    let store = root.join("store");
+    let repo = store.join("files.git");
+    if repo.join("refs/heads/e099").exists() {
+        return store;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&store).expect("store");
+    let status = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/make-sized-repo"
+    ))
+    .arg(FILES.to_string())
+    .arg(&repo)
+    .status()
+    .expect("make-sized-repo");
+    assert!(status.success());
+    let tree = git(&repo, &["rev-parse", "main^{tree}"]);
+    for i in 0..100 {
+        let commit = git(
+            &repo,
+            &[
+                "-c",
+                "user.name=bench",
+                "-c",
+                "user.email=bench@example.invalid",
+                "commit-tree",
+                &tree,
+                "-m",
+                &format!("export {i}"),
+            ],
+        );
+        git(
+            &repo,
+            &["update-ref", &format!("refs/heads/e{i:03}"), &commit],
+        );
+    }
+    store
+}
+
+/// Anonymous (heap) resident memory of `pid` in KiB: RSS without the
+/// pages of memory-mapped pack files, which are page cache the kernel can
+/// take back.
+fn anon_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Mounts `count` exports and uses each like a fresh `git status` would
+/// (root listing, the whole index); returns (RSS, anonymous RSS) after,
+/// and seconds.
+fn live_exports(server: &GitNfsd, count: usize) -> (u64, u64, f64) {
+    let started = Instant::now();
+    let mut c = RpcClient::connect(server.addr);
+    for i in 0..count {
+        let root = c.mount(&format!("/files@e{i:03}")).expect("MOUNT");
+        c.readdirplus_all(&root, 8192, 65536).expect("listing");
+        let index = c.walk(&root, ".git/index").expect("index");
+        c.read_all(&index, 1 << 20).expect("reading the index");
+    }
+    (
+        server.rss_kib(),
+        anon_kib(server.pid()),
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+fn main() {
+    let store = prepare();
+    println!("git-nfsd RSS with live exports of a {FILES}-file tree (each a different commit)");
+    println!(
+        "| cache | exports | RSS | of it anonymous (heap) | heap per export | time to mount and use them |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (label, flags) in [
+        ("256 MiB (default)", vec![]),
+        ("1 GiB", vec!["--cache-bytes", "1073741824"]),
+    ] {
+        let base = {
+            let server = GitNfsd::start_with(&store, "127.0.0.1:0", &flags);
+            anon_kib(server.pid())
+        };
+        for count in COUNTS {
+            let server = GitNfsd::start_with(&store, "127.0.0.1:0", &flags);
+            let (rss, anon, secs) = live_exports(&server, count);
+            println!(
+                "| {label} | {count} | {} MiB | {} MiB | {:.1} MiB | {secs:.1} s |",
+                rss / 1024,
+                anon / 1024,
+                anon.saturating_sub(base) as f64 / 1024.0 / count as f64
+            );
+        }
+    }
+}
