@@ -384,6 +384,7 @@ impl CallHarness {
             ("mnt_root", mount(1, Xdr::new().opaque(b"/"))),
             ("dump", mount(2, Xdr::new())),
             ("umnt", mount(3, Xdr::new().opaque(b"/repo"))),
+            ("umntall", mount(4, Xdr::new())),
             ("export", mount(5, Xdr::new())),
         ]);
         let acl = |proc_: u32, args: Xdr| call(crate::acl::PROGRAM, 3, proc_, args);
@@ -398,6 +399,14 @@ impl CallHarness {
         let portmap = |proc_: u32, args: Xdr| call(crate::portmap::PROGRAM, 2, proc_, args);
         seeds.extend([
             ("portmap_null", portmap(0, Xdr::new())),
+            (
+                "portmap_set",
+                portmap(1, Xdr::new().words(&[100_003, 3, 6, 2049])),
+            ),
+            (
+                "portmap_unset",
+                portmap(2, Xdr::new().words(&[100_003, 3, 6, 2049])),
+            ),
             ("getport", portmap(3, Xdr::new().words(&[100_003, 3, 6, 0]))),
             ("dump_portmap", portmap(4, Xdr::new())),
         ]);
