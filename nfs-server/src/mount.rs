@@ -1,9 +1,7 @@
 //! MOUNT v3 (RFC 1813 appendix I): turns an export path into the root handle
 //! of a pinned worktree, and lists the exports.
 
-use nfs3_types::mount::{
-    MNTPATHLEN, dirpath, export_node, fhandle3, mountres3, mountres3_ok, mountstat3,
-};
+use nfs3_types::mount::{MNTPATHLEN, dirpath, export_node, fhandle3, mountres3, mountres3_ok};
 use nfs3_types::xdr_codec::{List, Opaque};
 
 use crate::dispatch::{Context, Handler};
@@ -12,7 +10,7 @@ use crate::handle;
 use crate::metrics::Metrics;
 use crate::nfs3::{args, reply};
 use crate::rpc::{CallHeader, Decode, Reply, XdrError, XdrReader};
-use crate::status::mount_status;
+use crate::status::{mount_refused_by_rules, mount_status};
 
 pub const PROGRAM: u32 = nfs3_types::mount::PROGRAM;
 pub const VERSION: u32 = nfs3_types::mount::VERSION;
@@ -48,11 +46,7 @@ fn mnt(ctx: &Context, call: &CallHeader, a: &[u8]) -> Reply {
     };
     let res = match ctx.fs.mount(path) {
         Ok(id) if !may_mount(ctx, call, &id) => {
-            tracing::warn!(path = %String::from_utf8_lossy(path), peer = ?call.peer, "MOUNT refused by the export rules");
-            Metrics::count(&ctx.metrics.access_refused, "mount");
-            Metrics::count(&ctx.metrics.statuses, "MNT3ERR_ACCES");
-            Metrics::count(&ctx.metrics.mounts, "MNT3ERR_ACCES");
-            mountres3::Err(mountstat3::MNT3ERR_ACCES)
+            mountres3::Err(mount_refused_by_rules(&ctx.metrics, path, call.peer))
         }
         Ok(id) => {
             tracing::info!(path = %String::from_utf8_lossy(path), ?id, "mounted");

@@ -83,7 +83,24 @@ pub fn mount_status(metrics: &Metrics, path: &[u8], err: &MountError) -> mountst
         MountError::Build(_) => tracing::error!(%path, error = %err, "MOUNT failed"),
         _ => tracing::warn!(%path, error = %err, "MOUNT refused"),
     }
+    count_mount(metrics, name);
+    status
+}
+
+/// The MOUNT status for an export the export rules keep from the client.
+pub fn mount_refused_by_rules(
+    metrics: &Metrics,
+    path: &[u8],
+    peer: Option<std::net::IpAddr>,
+) -> mountstat3 {
+    tracing::warn!(path = %String::from_utf8_lossy(path), ?peer, "MOUNT refused by the export rules");
+    Metrics::count(&metrics.access_refused, "mount");
+    count_mount(metrics, "MNT3ERR_ACCES");
+    mountstat3::MNT3ERR_ACCES
+}
+
+/// Counts a MOUNT answer, both as an answer and as a mount outcome.
+fn count_mount(metrics: &Metrics, name: &'static str) {
     Metrics::count(&metrics.statuses, name);
     Metrics::count(&metrics.mounts, name);
-    status
 }

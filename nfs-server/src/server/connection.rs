@@ -162,7 +162,7 @@ pub async fn serve(
             let reply = (procedure.handler)(&ctx, &header, &record[args_at..]);
             ctx.metrics
                 .observe_call(procedure.program, procedure.name, started.elapsed());
-            let _ = replies.send(frame(&ctx.metrics, header.xid, reply)).await;
+            send(&replies, &ctx.metrics, header.xid, reply).await;
             drop(permit);
             continue;
         }
