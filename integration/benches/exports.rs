@@ -10,24 +10,20 @@
 //! off at the cache size plus a small fixed cost.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use integration::client::RpcClient;
+use integration::fixture;
 use integration::server::GitNfsd;
 
 const FILES: usize = 100_000;
 const COUNTS: [usize; 3] = [1, 10, 100];
 
+/// A git command's output as trimmed text.
 fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(out.status.success(), "git {args:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    String::from_utf8_lossy(&fixture::git(repo, args))
+        .trim()
+        .to_owned()
 }
 
 /// `store/files.git` (100,000 files) with 100 extra commits of the same
@@ -43,15 +39,7 @@ fn prepare() -> PathBuf {
     }
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&store).expect("store");
-    let status = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/make-sized-repo"
-    ))
-    .arg(FILES.to_string())
-    .arg(&repo)
-    .status()
-    .expect("make-sized-repo");
-    assert!(status.success());
+    fixture::make_sized_repo(FILES, &repo);
     let tree = git(&repo, &["rev-parse", "main^{tree}"]);
     for i in 0..100 {
         let commit = git(
@@ -75,18 +63,6 @@ fn prepare() -> PathBuf {
     store
 }
 
-/// Anonymous (heap) resident memory of `pid` in KiB: RSS without the
-/// pages of memory-mapped pack files, which are page cache the kernel can
-/// take back.
-fn anon_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Mounts `count` exports and uses each like a fresh `git status` would
 /// (root listing, the whole index); returns (RSS, anonymous RSS) after,
 /// and seconds.
@@ -101,7 +77,7 @@ fn live_exports(server: &GitNfsd, count: usize) -> (u64, u64, f64) {
     }
     (
         server.rss_kib(),
-        anon_kib(server.pid()),
+        integration::anon_rss_kib(server.pid()),
         started.elapsed().as_secs_f64(),
     )
 }
@@ -119,7 +95,7 @@ fn main() {
     ] {
         let base = {
             let server = GitNfsd::start_with(&store, "127.0.0.1:0", &flags);
-            anon_kib(server.pid())
+            integration::anon_rss_kib(server.pid())
         };
         for count in COUNTS {
             let server = GitNfsd::start_with(&store, "127.0.0.1:0", &flags);

@@ -91,12 +91,7 @@ fn prepare() -> (PathBuf, PathBuf) {
             .args(["clone", "-q", "--bare"])
             .arg(&big)
             .arg(store.join("big.git")));
-        run(Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/make-sized-repo"
-        ))
-        .arg(FILES.to_string())
-        .arg(store.join("files.git")));
+        integration::fixture::make_sized_repo(FILES, &store.join("files.git"));
         run(Command::new("git")
             .args(["clone", "-q", "--no-hardlinks"])
             .arg(store.join("files.git"))

@@ -39,15 +39,7 @@ fn sized_store(sizes: &[usize]) -> PathBuf {
         let repo = dir.join(format!("r{n}.git"));
         if !repo.join("refs/heads/feature").exists() {
             let _ = std::fs::remove_dir_all(&repo);
-            let status = Command::new(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/fixtures/make-sized-repo"
-            ))
-            .arg(n.to_string())
-            .arg(&repo)
-            .status()
-            .expect("make-sized-repo");
-            assert!(status.success());
+            integration::fixture::make_sized_repo(*n, &repo);
         }
     }
     dir

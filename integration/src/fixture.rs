@@ -59,6 +59,62 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Builds `dest` (a bare repository of `files` files, with history and a
+/// branch) with `fixtures/make-sized-repo`, for the benchmarks.
+pub fn make_sized_repo(files: usize, dest: &Path) {
+    let status = Command::new(script_path("make-sized-repo"))
+        .arg(files.to_string())
+        .arg(dest)
+        .status()
+        .expect("running make-sized-repo");
+    assert!(status.success(), "make-sized-repo {files} failed: {status}");
+}
+
+/// What `git verify-pack -v` says of one object of `repo`'s packs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub size_in_pack: u64,
+    pub offset: u64,
+    /// Its depth in a delta chain; 0 when it is stored whole.
+    pub depth: u64,
+    pub pack: usize,
+}
+
+/// The pack files of a bare repository, sorted.
+pub fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut packs: Vec<PathBuf> = std::fs::read_dir(repo.join("objects/pack"))
+        .expect("the pack folder")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect();
+    packs.sort();
+    packs
+}
+
+/// Where object `rev` sits in `repo`'s packs (`pack` indexes [`packs`]),
+/// or `None` when no pack holds it.
+pub fn pack_entry(repo: &Path, rev: &str) -> Option<PackEntry> {
+    let oid = String::from_utf8(git(repo, &["rev-parse", rev])).expect("an object id");
+    let oid = oid.trim();
+    packs(repo).iter().enumerate().find_map(|(pack, path)| {
+        let idx = path.with_extension("idx");
+        let listing = git(repo, &["verify-pack", "-v", &idx.to_string_lossy()]);
+        let listing = String::from_utf8_lossy(&listing);
+        // "<oid> <type> <size> <size-in-pack> <offset> [<depth> <base>]"
+        let fields: Vec<&str> = listing
+            .lines()
+            .find(|l| l.starts_with(oid))?
+            .split_whitespace()
+            .collect();
+        Some(PackEntry {
+            size_in_pack: fields.get(3)?.parse().ok()?,
+            offset: fields.get(4)?.parse().ok()?,
+            depth: fields.get(5).and_then(|d| d.parse().ok()).unwrap_or(0),
+            pack,
+        })
+    })
+}
+
 /// Output of a git command in `repo`, which must succeed.
 pub fn git(repo: &Path, args: &[&str]) -> Vec<u8> {
     let out = Command::new("git")

@@ -51,6 +51,13 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmHWM:")
 }
 
+/// Anonymous (heap) resident memory of process `pid` in KiB: RSS without
+/// file-backed pages such as memory-mapped pack files, which are page
+/// cache the kernel can take back.
+pub fn anon_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "RssAnon:")
+}
+
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()

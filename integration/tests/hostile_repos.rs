@@ -13,25 +13,11 @@ fn repo() -> std::path::PathBuf {
     fixture::hostile_store().join("hostile.git")
 }
 
-/// The delta depth git's own pack index gives the blob at `rev`.
-fn delta_depth(rev: &str) -> u64 {
-    let blob = String::from_utf8(git(&repo(), &["rev-parse", rev])).expect("an object id");
-    let idx = std::fs::read_dir(repo().join("objects/pack"))
-        .expect("the pack folder")
-        .filter_map(|e| Some(e.ok()?.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "idx"))
-        .expect("a pack index");
-    let listing = git(&repo(), &["verify-pack", "-v", &idx.to_string_lossy()]);
-    String::from_utf8_lossy(&listing)
-        .lines()
-        .find(|l| l.starts_with(blob.trim()))
-        .and_then(|l| l.split_whitespace().nth(5)?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_delta_chain_thousands_deep_reads_like_git() {
-    let depth = delta_depth("deepest:chain.txt");
+    let depth = fixture::pack_entry(&repo(), "deepest:chain.txt")
+        .expect("the chain's blob is packed")
+        .depth;
     assert!(depth >= 1000, "the fixture's chain is only {depth} deep");
     let server = GitNfsd::start(fixture::hostile_store());
     let mut c = RpcClient::connect(server.addr);

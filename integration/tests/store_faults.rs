@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use integration::client::RpcClient;
-use integration::fixture::git;
+use integration::fixture::{self, git};
 use integration::server::GitNfsd;
 
 const IDENTITY: [&str; 4] = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"];
@@ -146,25 +146,8 @@ fn a_pack_corrupted_in_place_fails_only_the_damaged_object() {
         &incompressible(),
     );
     git(&bare, &["repack", "-q", "-a", "-d"]);
-    let pack = std::fs::read_dir(bare.join("objects/pack"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "pack"))
-        .unwrap();
-    let blob = String::from_utf8(git(&bare, &["rev-parse", "main:damaged.bin"])).unwrap();
-    let idx = pack.with_extension("idx");
-    let listing =
-        String::from_utf8(git(&bare, &["verify-pack", "-v", idx.to_str().unwrap()])).unwrap();
-    let fields: Vec<u64> = listing
-        .lines()
-        .find(|l| l.starts_with(blob.trim()))
-        .unwrap()
-        .split_whitespace()
-        .skip(2)
-        .take(3)
-        .map(|f| f.parse().unwrap())
-        .collect();
-    let (size_in_pack, offset) = (fields[1], fields[2]);
+    let entry = fixture::pack_entry(&bare, "main:damaged.bin").unwrap();
+    let pack = &fixture::packs(&bare)[entry.pack];
 
     let server = GitNfsd::start(&store);
     let mut client = RpcClient::connect(server.addr);
@@ -174,8 +157,8 @@ fn a_pack_corrupted_in_place_fails_only_the_damaged_object() {
     // Flip 16 bytes in the middle of the blob's data, before it was read.
     {
         use std::io::{Seek, SeekFrom, Write};
-        let mut file = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
-        file.seek(SeekFrom::Start(offset + size_in_pack / 2))
+        let mut file = std::fs::OpenOptions::new().write(true).open(pack).unwrap();
+        file.seek(SeekFrom::Start(entry.offset + entry.size_in_pack / 2))
             .unwrap();
         file.write_all(&[0x5a; 16]).unwrap();
     }
@@ -239,10 +222,8 @@ fn a_truncated_pack_fails_only_its_own_objects() {
         &incompressible(),
     );
     git(&bare, &["repack", "-q", "-d"]);
-    let newest = std::fs::read_dir(bare.join("objects/pack"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+    let newest = fixture::packs(&bare)
+        .into_iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
 
