@@ -250,3 +250,42 @@ fn a_truncated_pack_fails_only_its_own_objects() {
     let lib_file = other.walk(&lib, "lib.txt").unwrap();
     assert_eq!(other.read_all(&lib_file, 4096).unwrap(), b"lib\n");
 }
+
+#[test]
+fn an_index_built_after_a_pack_was_truncated_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = two_repo_store(dir.path());
+    let bare = store.join("app.git");
+    commit_file(
+        &dir.path().join("work-app"),
+        "doomed.bin",
+        &incompressible(),
+    );
+    git(&bare, &["repack", "-q", "-d"]);
+    let newest = fixture::packs(&bare)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+
+    let mut server = GitNfsd::start(&store);
+    let mut client = RpcClient::connect(server.addr);
+    // MOUNT walks the trees; no blob size has been read yet.
+    let root = client.mount("/app@main").unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap();
+    file.set_len(std::fs::metadata(&newest).unwrap().len() / 2)
+        .unwrap();
+
+    // The index needs every blob's size, doomed.bin's among them.
+    let status = match client.walk(&root, ".git/index") {
+        Ok(index) => client.read_all(&index, 65536).unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(format!("{status:?}"), "NFS3ERR_IO");
+    assert!(server.is_running(), "the server survived the index build");
+    // Objects of the intact pack still read.
+    let app = client.walk(&root, "app.txt").unwrap();
+    assert_eq!(client.read_all(&app, 4096).unwrap(), b"app\n");
+}

@@ -633,9 +633,23 @@ impl Filesystem {
         self.indexes.try_get_with(key, || {
             let started = std::time::Instant::now();
             let tree = &export.tree;
-            let mut entries = Vec::new();
-            for (path, index) in tree.tracked() {
-                let Some(n) = tree.node(index) else { continue };
+            let tracked: Vec<_> = tree
+                .tracked()
+                .into_iter()
+                .filter_map(|(path, index)| Some((path, index, tree.node(index)?)))
+                .collect();
+            // The sizes not known yet, read in one batch.
+            let unknown: Vec<_> = tracked
+                .iter()
+                .filter(|(_, _, n)| !matches!(n.kind, NodeKind::Gitlink) && n.known_size().is_none())
+                .map(|(_, _, n)| *n)
+                .collect();
+            let oids: Vec<_> = unknown.iter().map(|n| n.oid).collect();
+            for (n, size) in unknown.iter().zip(self.blobs.sizes(&export.repo, &oids)?) {
+                n.remember_size(size);
+            }
+            let mut entries = Vec::with_capacity(tracked.len());
+            for (path, index, n) in tracked {
                 let (mode, size) = match n.kind {
                     NodeKind::File => (0o100_644, self.blob_size(&export.repo, n)?),
                     NodeKind::Executable => (0o100_755, self.blob_size(&export.repo, n)?),

@@ -51,6 +51,39 @@ struct PackSeen {
     index: Option<Arc<gix::odb::pack::index::File>>,
 }
 
+/// The truncated packs of one repository at the time of a
+/// [`Repo::check_packs`].
+#[derive(Default)]
+pub struct PackCheck {
+    truncated: Vec<TruncatedPack>,
+}
+
+struct TruncatedPack {
+    path: PathBuf,
+    was: u64,
+    now: u64,
+    /// Without a readable index, every object is assumed lost with it.
+    index: Option<Arc<gix::odb::pack::index::File>>,
+}
+
+impl PackCheck {
+    /// Whether `oid` can be read: it is in none of the truncated packs.
+    pub fn intact(&self, oid: &gix::oid) -> Result<(), PackTruncated> {
+        match self.truncated.iter().find(|pack| {
+            pack.index
+                .as_ref()
+                .is_none_or(|index| index.lookup(oid).is_some())
+        }) {
+            Some(pack) => Err(PackTruncated {
+                path: pack.path.clone(),
+                was: pack.was,
+                now: pack.now,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A pack file of the store that is shorter than when it was first seen.
 #[derive(Debug, Error)]
 #[error("pack {path} was truncated from {was} to {now} bytes; its objects cannot be read")]
@@ -72,13 +105,17 @@ impl std::fmt::Debug for Repo {
 impl Repo {
     fn open(name: String, path: PathBuf) -> Result<Self, gix::Error> {
         let git = gix::open_opts(&path, gix::open::Options::isolated())?.into_sync();
-        Ok(Self {
+        let repo = Self {
             id: RepoId::of_name(&name),
             name,
             path,
             git,
             pack_sizes: Mutex::new(HashMap::new()),
-        })
+        };
+        // Sizes seen from the start, so a pack truncated before its first
+        // object is read is still caught.
+        repo.check_packs();
+        Ok(repo)
     }
 
     /// Checks that `oid` is not in a pack file that shrank since it was
@@ -87,12 +124,21 @@ impl Repo {
     /// of its memory map), the others can: packs are self-contained. Logs
     /// each truncated pack once.
     pub fn packs_intact(&self, oid: &gix::oid) -> Result<(), PackTruncated> {
+        self.check_packs().intact(oid)
+    }
+
+    /// Looks at the size of every pack file now: the packs found truncated,
+    /// against which many objects can then be checked cheaply. The check
+    /// holds for as long as the caller reads nothing else, so a batch scans
+    /// again every few hundred objects.
+    pub fn check_packs(&self) -> PackCheck {
+        let mut check = PackCheck::default();
         let dir = self.objects_dir().join("pack");
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(());
+            return check;
         };
         let Ok(mut seen) = self.pack_sizes.lock() else {
-            return Ok(());
+            return check;
         };
         for entry in entries.flatten() {
             let path = entry.path();
@@ -122,20 +168,14 @@ impl Repo {
                 .ok()
                 .map(Arc::new);
             }
-            // Without a readable index, assume the worst.
-            let lost = pack
-                .index
-                .as_ref()
-                .is_none_or(|index| index.lookup(oid).is_some());
-            if lost {
-                return Err(PackTruncated {
-                    was: pack.size,
-                    now,
-                    path,
-                });
-            }
+            check.truncated.push(TruncatedPack {
+                path,
+                was: pack.size,
+                now,
+                index: pack.index.clone(),
+            });
         }
-        Ok(())
+        check
     }
 
     /// A handle on this thread. Cheap; call it on a blocking thread.

@@ -346,7 +346,80 @@ impl BlobCache {
             })?;
         Ok(header.size())
     }
+
+    /// The sizes of many blobs, in order, for an index: their headers are
+    /// read on every core, each thread with one repository handle, and the
+    /// packs are looked at every [`CHECK_PACKS_EVERY`] objects rather than
+    /// before each (a look costs more than a header).
+    pub fn sizes(&self, repo: &Repo, oids: &[ObjectId]) -> Result<Vec<u64>, ObjectError> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(oids.len().div_ceil(PARALLEL_FROM))
+            .max(1);
+        if threads == 1 {
+            return self.sizes_on_this_thread(repo, oids);
+        }
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = oids
+                .chunks(oids.len().div_ceil(threads))
+                .map(|part| scope.spawn(move || self.sizes_on_this_thread(repo, part)))
+                .collect();
+            let mut sizes = Vec::with_capacity(oids.len());
+            for worker in workers {
+                match worker.join() {
+                    Ok(part) => sizes.extend(part?),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            Ok(sizes)
+        })
+    }
+
+    fn sizes_on_this_thread(
+        &self,
+        repo: &Repo,
+        oids: &[ObjectId],
+    ) -> Result<Vec<u64>, ObjectError> {
+        let git = repo.local();
+        let mut packs = repo.check_packs();
+        let mut sizes = Vec::with_capacity(oids.len());
+        for (i, &oid) in oids.iter().enumerate() {
+            if let Some(blob) = self.cache.get(&oid) {
+                sizes.push(blob.len() as u64);
+                continue;
+            }
+            if let Some(file) = self.spill.files.get(&SpillKey::Blob(oid)) {
+                sizes.push(file.len);
+                continue;
+            }
+            if i % CHECK_PACKS_EVERY == CHECK_PACKS_EVERY - 1 {
+                packs = repo.check_packs();
+            }
+            packs
+                .intact(&oid)
+                .map_err(|source| ObjectError::Truncated {
+                    repo: repo.name.clone(),
+                    oid,
+                    source,
+                })?;
+            let header = git.find_header(oid).map_err(|source| ObjectError::Read {
+                repo: repo.name.clone(),
+                oid,
+                source,
+            })?;
+            sizes.push(header.size());
+        }
+        Ok(sizes)
+    }
 }
+
+/// Object headers [`BlobCache::sizes`] reads between two looks at the
+/// pack files.
+const CHECK_PACKS_EVERY: usize = 256;
+
+/// Below this many objects per thread, [`BlobCache::sizes`] stays on fewer
+/// threads.
+const PARALLEL_FROM: usize = 4096;
 
 /// Refuses to let gix touch a truncated pack of `repo`.
 fn intact(repo: &Repo, oid: ObjectId) -> Result<(), ObjectError> {
