@@ -1,6 +1,7 @@
 //! Memory per live export: git-nfsd's RSS with 1, 10 and 100 exports of a
-//! 100,000-file tree mounted and in use, with the default cache (256 MiB)
-//! and a larger one, printed as a table:
+//! 100,000-file tree and of the Linux kernel tree mounted and in use, with
+//! the default cache (256 MiB) and a larger one, printed as a table
+//! (BENCH_REPOS=r100000,linux picks the trees):
 //! `cargo build --release --bins && cargo bench -p integration --bench exports`.
 //!
 //! Each export is a different commit (same tree, its own node table and
@@ -14,9 +15,9 @@ use std::time::Instant;
 
 use integration::client::RpcClient;
 use integration::fixture;
+use integration::report::{Plot, Table};
 use integration::server::GitNfsd;
 
-const FILES: usize = 100_000;
 const COUNTS: [usize; 3] = [1, 10, 100];
 
 /// A git command's output as trimmed text.
@@ -26,20 +27,27 @@ fn git(repo: &Path, args: &[&str]) -> String {
         .to_owned()
 }
 
-/// `store/files.git` (100,000 files) with 100 extra commits of the same
-/// tree, `refs/heads/e000` to `e099`. Built once and cached.
-fn prepare() -> PathBuf {
-    let root = integration::target_dir()
+/// `store/<name>.git`, a benchmark repository ([`fixture::bench_repo`],
+/// objects shared by hard links) with 100 extra commits of main's tree,
+/// `refs/heads/e000` to `e099`. Built once and cached.
+fn prepare(name: &str) -> PathBuf {
+    let store = integration::target_dir()
         .join("lazy-worktree-fixtures")
         .join("exports");
-    let store = root.join("store");
-    let repo = store.join("files.git");
+    let repo = store.join(format!("{name}.git"));
     if repo.join("refs/heads/e099").exists() {
         return store;
     }
-    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&repo);
     std::fs::create_dir_all(&store).expect("store");
-    fixture::make_sized_repo(FILES, &repo);
+    let source = fixture::bench_repo(name);
+    let status = std::process::Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&source)
+        .arg(&repo)
+        .status()
+        .expect("git clone");
+    assert!(status.success(), "git clone --bare {}", source.display());
     let tree = git(&repo, &["rev-parse", "main^{tree}"]);
     for i in 0..100 {
         let commit = git(
@@ -66,11 +74,11 @@ fn prepare() -> PathBuf {
 /// Mounts `count` exports and uses each like a fresh `git status` would
 /// (root listing, the whole index); returns (RSS, anonymous RSS) after,
 /// and seconds.
-fn live_exports(server: &GitNfsd, count: usize) -> (u64, u64, f64) {
+fn live_exports(server: &GitNfsd, repo: &str, count: usize) -> (u64, u64, f64) {
     let started = Instant::now();
     let mut c = RpcClient::connect(server.addr);
     for i in 0..count {
-        let root = c.mount(&format!("/files@e{i:03}")).expect("MOUNT");
+        let root = c.mount(&format!("/{repo}@e{i:03}")).expect("MOUNT");
         c.readdirplus_all(&root, 8192, 65536).expect("listing");
         let index = c.walk(&root, ".git/index").expect("index");
         c.read_all(&index, 1 << 20).expect("reading the index");
@@ -83,29 +91,63 @@ fn live_exports(server: &GitNfsd, count: usize) -> (u64, u64, f64) {
 }
 
 fn main() {
-    let store = prepare();
-    println!("git-nfsd RSS with live exports of a {FILES}-file tree (each a different commit)");
-    println!(
-        "| cache | exports | RSS | of it anonymous (heap) | heap per export | time to mount and use them |"
+    let names = std::env::var("BENCH_REPOS").unwrap_or_else(|_| "r100000,linux".into());
+    let mut table = Table::new(
+        "git-nfsd RSS with live exports (each a different commit of the same tree)",
+        &[
+            "tree",
+            "cache",
+            "exports",
+            "RSS",
+            "of it anonymous (heap)",
+            "heap per export",
+            "time to mount and use them",
+        ],
     );
-    println!("|---|---|---|---|---|---|");
-    for (label, flags) in [
-        ("256 MiB (default)", vec![]),
-        ("1 GiB", vec!["--cache-bytes", "1073741824"]),
-    ] {
-        let base = {
-            let server = GitNfsd::start_with(&store, "127.0.0.1:0", &flags);
-            integration::anon_rss_kib(server.pid())
+    let mut plot = Plot::new(
+        "heap-per-export",
+        "git-nfsd heap with live exports",
+        "live exports",
+        "anonymous RSS (MiB)",
+    )
+    .log_x();
+    for name in names.split(',') {
+        let store = prepare(name);
+        let files = git(
+            &store.join(format!("{name}.git")),
+            &["ls-tree", "-r", "--name-only", "main"],
+        )
+        .lines()
+        .count();
+        let tree = match name {
+            "linux" => format!("Linux ({files} files)"),
+            _ => format!("{files} files"),
         };
-        for count in COUNTS {
-            let server = GitNfsd::start_with(&store, "127.0.0.1:0", &flags);
-            let (rss, anon, secs) = live_exports(&server, count);
-            println!(
-                "| {label} | {count} | {} MiB | {} MiB | {:.1} MiB | {secs:.1} s |",
-                rss / 1024,
-                anon / 1024,
-                anon.saturating_sub(base) as f64 / 1024.0 / count as f64
-            );
+        for (label, flags) in [
+            ("256 MiB (default)", vec![]),
+            ("1 GiB", vec!["--cache-bytes", "1073741824"]),
+        ] {
+            let base = {
+                let server = GitNfsd::start_with(&store, "127.0.0.1:0", &flags);
+                integration::anon_rss_kib(server.pid())
+            };
+            for count in COUNTS {
+                let server = GitNfsd::start_with(&store, "127.0.0.1:0", &flags);
+                let (rss, anon, secs) = live_exports(&server, name, count);
+                table.markdown_row(&format!(
+                    "| {tree} | {label} | {count} | {} MiB | {} MiB | {:.1} MiB | {secs:.1} s |",
+                    rss / 1024,
+                    anon / 1024,
+                    anon.saturating_sub(base) as f64 / 1024.0 / count as f64
+                ));
+                plot.point(
+                    &format!("{tree}, cache {label}"),
+                    count as f64,
+                    anon as f64 / 1024.0,
+                );
+            }
         }
     }
+    table.print();
+    plot.save();
 }

@@ -16,193 +16,19 @@
 //! `../shared/notes` for why). Runs alternate between the two servers;
 //! figures are medians.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration::client::RpcClient;
+use integration::peers::{BIG_MIB, FILES, Ganesha, Rng, prepare, random_read_files};
+use integration::report::{Plot, Table};
 use integration::server::GitNfsd;
 use nfs3_types::nfs3::nfs_fh3;
 
 const ROUNDS: usize = 5;
-const BIG_MIB: usize = 256;
-const FILES: usize = 100_000;
 const RANDOM_FILES: usize = 2_000;
 const RANDOM_READS: usize = 20_000;
 const RANDOM_ROUNDS: usize = 3;
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn fixtures() -> PathBuf {
-    integration::target_dir()
-        .join("lazy-worktree-fixtures")
-        .join("peers")
-}
-
-/// `store/big.git` (one 256 MiB random file) and `store/files.git`
-/// (100,000 files from `make-sized-repo`), and `data/`, their checkouts
-/// for ganesha. Built once and cached.
-fn prepare() -> (PathBuf, PathBuf) {
-    let root = fixtures();
-    let store = root.join("store");
-    let data = root.join("data");
-    if !data.join("files/.git").exists() {
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&store).expect("store");
-        std::fs::create_dir_all(data.join("big")).expect("data");
-        let big = data.join("big");
-        run(Command::new("git")
-            .args(["init", "-q", "-b", "main"])
-            .arg(&big));
-        run(Command::new("sh")
-            .arg("-c")
-            .arg(format!("head -c {} /dev/urandom > big.bin", BIG_MIB << 20))
-            .current_dir(&big));
-        run(Command::new("git")
-            .arg("-C")
-            .arg(&big)
-            .args(["add", "big.bin"]));
-        run(Command::new("git").arg("-C").arg(&big).args([
-            "-c",
-            "user.name=bench",
-            "-c",
-            "user.email=bench@example.invalid",
-            "commit",
-            "-q",
-            "-m",
-            "big",
-        ]));
-        run(Command::new("git")
-            .args(["clone", "-q", "--bare"])
-            .arg(&big)
-            .arg(store.join("big.git")));
-        integration::fixture::make_sized_repo(FILES, &store.join("files.git"));
-        run(Command::new("git")
-            .args(["clone", "-q", "--no-hardlinks"])
-            .arg(store.join("files.git"))
-            .arg(data.join("files")));
-    }
-    (store, data)
-}
-
-/// nfs-ganesha exporting `data` read-only at `/data`, with its rpcbind.
-struct Ganesha {
-    ganesha: Child,
-    rpcbind: Child,
-    port: u16,
-    mount_port: u16,
-    /// Config, log, pid file; removed with the server.
-    _dir: tempfile::TempDir,
-}
-
-impl Ganesha {
-    fn start(data: &Path) -> Self {
-        let dir = tempfile::tempdir().expect("ganesha dir");
-        let (port, mount_port) = (free_port(), free_port());
-        std::fs::create_dir_all(dir.path().join("recov")).expect("recov");
-        let config = format!(
-            r#"NFS_CORE_PARAM {{
-    Bind_addr = 127.0.0.1; NFS_Port = {port}; MNT_Port = {mount_port}; Protocols = 3;
-    Enable_UDP = false; Enable_NLM = false; Enable_RQUOTA = false; mount_path_pseudo = true;
-}}
-NFS_KRB5 {{ Active_krb5 = false; }}
-NFSv4 {{ Graceless = true; RecoveryRoot = {recov}; }}
-MDCACHE {{ Entries_HWMark = 200000; FD_HWMark_Percent = 90; }}
-EXPORT {{
-    Export_Id = 1; Path = {data}; Pseudo = /data; Access_Type = RO; Squash = No_Root_Squash;
-    Protocols = 3; Transports = TCP; SecType = sys; FSAL {{ Name = VFS; }}
-}}
-LOG {{ Default_Log_Level = EVENT; Components {{ TIRPC = MAJ; }} }}
-"#,
-            recov = dir.path().join("recov").display(),
-            data = data.display(),
-        );
-        let conf = dir.path().join("ganesha.conf");
-        std::fs::write(&conf, config).expect("ganesha.conf");
-        let rpcbind = Command::new("unshare")
-            .args(["--net", "/usr/sbin/rpcbind", "-f"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rpcbind (Debian package rpcbind)");
-        std::thread::sleep(Duration::from_millis(300));
-        let ganesha = Command::new("ganesha.nfsd")
-            .arg("-F")
-            .arg("-f")
-            .arg(&conf)
-            .arg("-L")
-            .arg(dir.path().join("ganesha.log"))
-            .arg("-p")
-            .arg(dir.path().join("ganesha.pid"))
-            .args(["-N", "NIV_EVENT"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ganesha.nfsd (Debian packages nfs-ganesha nfs-ganesha-vfs)");
-        let server = Self {
-            ganesha,
-            rpcbind,
-            port,
-            mount_port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "ganesha never listened");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // It listens before its export is ready.
-        let probe = server.url("/data");
-        while !Command::new("nfs-ls")
-            .arg(&probe)
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            assert!(Instant::now() < deadline, "ganesha never exported /data");
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        server
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!(
-            "nfs://127.0.0.1{path}?nfsport={}&mountport={}&version=3",
-            self.port, self.mount_port
-        )
-    }
-}
-
-impl Drop for Ganesha {
-    fn drop(&mut self) {
-        let _ = self.ganesha.kill();
-        let _ = self.ganesha.wait();
-        let _ = self.rpcbind.kill();
-        let _ = self.rpcbind.wait();
-        for leftover in [
-            "/run/ganesha",
-            "/var/lib/nfs/ganesha",
-            "/run/rpcbind.sock",
-            "/run/rpcbind.lock",
-        ] {
-            let _ = std::fs::remove_dir_all(leftover).or_else(|_| std::fs::remove_file(leftover));
-        }
-    }
-}
 
 /// Seconds for `copies` concurrent `nfs-cat URL > /dev/null`.
 fn cat(url: &str, copies: usize) -> Duration {
@@ -243,42 +69,6 @@ fn list(url: &str) -> (Duration, usize) {
             .filter(|l| !l.is_empty())
             .count(),
     )
-}
-
-/// A small deterministic generator (xorshift64*), so both servers get
-/// the same sequence of reads.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-/// Files for the random reads: (path, size), the same ones on both servers.
-fn random_read_files(store: &Path, count: usize) -> Vec<(String, u64)> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(store.join("files.git"))
-        .args(["ls-tree", "-r", "--long", "main"])
-        .output()
-        .expect("git ls-tree");
-    let all: Vec<(String, u64)> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (meta, path) = l.split_once('\t')?;
-            let size = meta.split_whitespace().nth(3)?.parse().ok()?;
-            Some((path.to_owned(), size))
-        })
-        .filter(|(_, size)| *size > 0)
-        .collect();
-    let mut rng = Rng(0x5eed);
-    (0..count)
-        .map(|_| all[(rng.next() % all.len() as u64) as usize].clone())
-        .collect()
 }
 
 /// One server's side of the random reads: where to connect, and the
@@ -322,9 +112,9 @@ impl RandomTarget {
                         let mut latencies = Vec::with_capacity(per_client);
                         for _ in 0..per_client {
                             let (fh, size) =
-                                &self.files[(rng.next() % self.files.len() as u64) as usize];
+                                &self.files[(rng.next_u64() % self.files.len() as u64) as usize];
                             let blocks = size.div_ceil(4096).max(1);
-                            let offset = (rng.next() % blocks) * 4096;
+                            let offset = (rng.next_u64() % blocks) * 4096;
                             let t = Instant::now();
                             c.read(fh, offset, 4096).expect("READ");
                             latencies.push(t.elapsed());
@@ -370,11 +160,18 @@ fn main() {
     let (_, their_entries) = list(&theirs_tree);
 
     let mut rows = Vec::new();
+    let (our_pid, their_pid) = (nfsd.pid(), ganesha.ganesha.id());
+    let (mut our_cpu, mut their_cpu, mut gigabytes) = (0.0, 0.0, 0.0);
     for copies in [1, 4] {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
+            let cpu = integration::cpu_seconds(our_pid);
             ours.push(cat(&ours_big, copies));
+            our_cpu += integration::cpu_seconds(our_pid) - cpu;
+            let cpu = integration::cpu_seconds(their_pid);
             theirs.push(cat(&theirs_big, copies));
+            their_cpu += integration::cpu_seconds(their_pid) - cpu;
+            gigabytes += (copies * (BIG_MIB << 20)) as f64 / 1e9;
         }
         let mb = (copies * (BIG_MIB << 20)) as f64 / 1e6;
         let (a, b) = (median(ours), median(theirs));
@@ -407,6 +204,13 @@ fn main() {
         "/data/files",
         &files,
     );
+    let mut rates = Plot::new(
+        "random-reads-libnfs",
+        "Random 4 KiB READs, this project's RPC client on 127.0.0.1",
+        "clients",
+        "reads per second",
+    )
+    .log_x();
     for clients in [1, 4, 16, 64] {
         let mut rounds = Vec::new();
         for _ in 0..RANDOM_ROUNDS {
@@ -431,17 +235,48 @@ fn main() {
             ms(percentile(&theirs, 0.99)),
             our_rate / their_rate
         ));
+        rates.point("git-nfsd", clients as f64, our_rate);
+        rates.point("nfs-ganesha", clients as f64, their_rate);
     }
+    rows.push(format!(
+        "| server CPU seconds per GB sent by the `nfs-cat` runs | {:.2} s | {:.2} s | {:.2} |",
+        our_cpu / gigabytes,
+        their_cpu / gigabytes,
+        their_cpu / our_cpu
+    ));
+    let hits = |cache: &str| {
+        let count = |result: &str| {
+            nfsd.metric(&format!(
+                "gitnfsd_cache_lookups_total{{cache=\"{cache}\",result=\"{result}\"}}"
+            ))
+        };
+        let (hit, miss) = (count("hit"), count("miss"));
+        format!("{cache} {:.1}%", 100.0 * hit / (hit + miss).max(1.0))
+    };
+    rows.push(format!(
+        "| git-nfsd cache hit ratio over the whole run | {}, {}, {} | | |",
+        hits("blob"),
+        hits("worktree"),
+        hits("index")
+    ));
     rows.push(format!(
         "| server RSS after the runs | {} MiB | {} MiB | |",
         nfsd.rss_kib() / 1024,
         integration::rss_kib(ganesha.ganesha.id()) / 1024
     ));
 
-    println!("git-nfsd vs nfs-ganesha, libnfs client, medians of {ROUNDS} alternating runs");
-    println!("| measure | git-nfsd | nfs-ganesha | ratio (≥ 1: git-nfsd as fast or faster) |");
-    println!("|---|---|---|---|");
+    let mut table = Table::new(
+        &format!("git-nfsd vs nfs-ganesha, libnfs client, medians of {ROUNDS} alternating runs"),
+        &[
+            "measure",
+            "git-nfsd",
+            "nfs-ganesha",
+            "ratio (≥ 1: git-nfsd as fast or faster)",
+        ],
+    );
     for row in rows {
-        println!("{row}");
+        table.markdown_row(&row);
     }
+    table.print();
+    rates.save();
 }

@@ -17,6 +17,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use integration::report::Table;
 use integration::runner::{AgentRunner, Mcp};
 use serde_json::json;
 
@@ -327,50 +328,55 @@ async fn main() {
 
     let mb = size as f64 / 1e6;
     let rate = |d: Duration| format!("{:.0} MB/s", mb / d.as_secs_f64());
-    println!("agent-runner ({ROUND_TRIPS} round trips, {STARTS} starts, {mb:.1} MB capture)");
-    println!("| measure | agent-runner | peer | ratio |");
-    println!("|---|---|---|---|");
+    let mut table = Table::new(
+        &format!("agent-runner ({ROUND_TRIPS} round trips, {STARTS} starts, {mb:.1} MB capture)"),
+        &["measure", "agent-runner", "peer", "ratio"],
+    );
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         let (a, b) = (percentile(&ours, p), percentile(&peer, p));
-        println!(
+        table.markdown_row(&format!(
             "| message called → answer on /live?follow=1 (20 ms Enter delay included), {name} | {} | {} (bare pty: write, 20 ms, Enter, read) | {:.2}x |",
             ms(a),
             ms(b),
             a.as_secs_f64() / b.as_secs_f64()
-        );
+        ));
     }
-    println!(
+    table.markdown_row(&format!(
         "| message returned → answer on the follower, p50 (p99) | {} ({}) | | |",
         ms(percentile(&after_return, 0.5)),
         ms(percentile(&after_return, 0.99))
-    );
+    ));
     let (a, b) = (percentile(&starts, 0.5), percentile(&peer_starts, 0.5));
-    println!(
+    table.markdown_row(&format!(
         "| start → agent's first byte on a follower, p50 (p99) | {} ({}) | {} ({}) (fork onto a bare pty, Python) | {:.2}x |",
         ms(a),
         ms(percentile(&starts, 0.99)),
         ms(b),
         ms(percentile(&peer_starts, 0.99)),
         a.as_secs_f64() / b.as_secs_f64()
-    );
+    ));
     let (d, r) = (percentile(&downloads, 0.5), percentile(&reads, 0.5));
-    println!(
+    table.markdown_row(&format!(
         "| GET /live of the whole capture, median of 5 | {} | {} (read the file) | {:.2}x |",
         rate(d),
         rate(r),
         r.as_secs_f64() / d.as_secs_f64()
-    );
-    println!(
+    ));
+    table.markdown_row(&format!(
         "| the agent's own time to print {BURST_LINES} lines, median of 5, with one follower that never reads | {with_stalled:.0} ms | {alone:.0} ms (no follower) | {:.2}x |",
         with_stalled / alone
-    );
-    println!(
+    ));
+    table.markdown_row(&format!(
         "| the same with 500 reading followers and the stalled one (all on the same 2 cores) | {crowded:.0} ms | {alone:.0} ms (no follower) | {:.2}x |",
         crowded / alone
-    );
-    println!("| runner RSS, idle | {} MiB | | |", rss_idle / 1024);
-    println!(
+    ));
+    table.markdown_row(&format!(
+        "| runner RSS, idle | {} MiB | | |",
+        rss_idle / 1024
+    ));
+    table.markdown_row(&format!(
         "| runner RSS, peak with 50 followers during the {mb:.0} MB burst | {} MiB | | |",
         rss_followers / 1024
-    );
+    ));
+    table.print();
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use integration::client::RpcClient;
 use integration::fixture;
+use integration::report::Table;
 use integration::server::GitNfsd;
 
 const RUNS: usize = 7;
@@ -171,9 +172,13 @@ fn main() {
         String::new(),
     ));
 
-    println!("| measurement | median of {RUNS} | note |");
-    println!("|---|---|---|");
+    let median_of = format!("median of {RUNS}");
+    let mut table = Table::new(
+        "git-nfsd on 127.0.0.1, the tests' RPC client, fixture store",
+        &["measurement", &median_of, "note"],
+    );
     for (what, value, note) in rows {
-        println!("| {what} | {value} | {note} |");
+        table.row(vec![what, value, note]);
     }
+    table.print();
 }

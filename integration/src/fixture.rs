@@ -70,6 +70,38 @@ pub fn make_sized_repo(files: usize, dest: &Path) {
     assert!(status.success(), "make-sized-repo {files} failed: {status}");
 }
 
+/// A benchmark repository, built once and cached: `r<N>` (N files, from
+/// `make-sized-repo`) or `linux` (the kernel tree, from `make-kernel-repo`).
+/// All live in one store folder, the path's parent.
+pub fn bench_repo(name: &str) -> PathBuf {
+    let store = crate::target_dir()
+        .join("lazy-worktree-fixtures")
+        .join("sized");
+    std::fs::create_dir_all(&store).expect("bench store");
+    let repo = store.join(format!("{name}.git"));
+    // Both scripts make the branch `feature` last.
+    if !repo.join("refs/heads/feature").exists() {
+        let _ = std::fs::remove_dir_all(&repo);
+        match name.strip_prefix('r').and_then(|n| n.parse().ok()) {
+            Some(files) => make_sized_repo(files, &repo),
+            None if name == "linux" => make_kernel_repo(&store),
+            None => panic!("unknown bench repository {name}: r<N> or linux"),
+        }
+    }
+    repo
+}
+
+/// Builds `store/linux.git`, the Linux kernel source from Debian's
+/// `linux-source` tarball (about 80,000 files, two commits and a branch),
+/// with `fixtures/make-kernel-repo`, for the benchmarks.
+pub fn make_kernel_repo(store: &Path) {
+    let status = Command::new(script_path("make-kernel-repo"))
+        .arg(store)
+        .status()
+        .expect("running make-kernel-repo");
+    assert!(status.success(), "make-kernel-repo failed: {status}");
+}
+
 /// What `git verify-pack -v` says of one object of `repo`'s packs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackEntry {

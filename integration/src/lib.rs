@@ -2,13 +2,16 @@
 //! `git-nfsd` and `agent-runner` processes on 127.0.0.1, wrappers for
 //! libnfs's command-line client, a minimal ONC RPC client for protocol
 //! checks the command-line tools cannot make (paging, malformed input,
-//! restarts), and MCP/HTTP clients for the runner.
+//! restarts), MCP/HTTP clients for the runner, and the benchmarks' report
+//! records.
 
 pub mod client;
 pub mod codex;
 pub mod fixture;
 pub mod guest;
 pub mod libnfs;
+pub mod peers;
+pub mod report;
 pub mod runner;
 pub mod server;
 
@@ -56,6 +59,23 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 /// cache the kernel can take back.
 pub fn anon_rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "RssAnon:")
+}
+
+/// CPU time process `pid` has used so far (user + system), 0 if gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): state is field 3,
+    // utime and stime fields 14 and 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
