@@ -141,3 +141,20 @@ fn save(record: &Value) {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     writeln!(file, "{record}").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_markdown_row_keeps_its_empty_cells() {
+        let mut table = Table::new("RSS", &["measure", "ours", "peer", "ratio"]);
+        table.markdown_row("| runner RSS, idle | 9 MiB | | |");
+        table.markdown_row("| start | 106 ms (129 ms) | 90 ms | 1.18x |");
+        assert_eq!(
+            table.markdown(),
+            "RSS\n\n| measure | ours | peer | ratio |\n|---|---|---|---|\n\
+             | runner RSS, idle | 9 MiB |  |  |\n| start | 106 ms (129 ms) | 90 ms | 1.18x |\n"
+        );
+    }
+}

@@ -197,7 +197,9 @@ fn plot(record: &Value, png: &Path) -> Result<()> {
             return String::new();
         }
         let v = if log { 10f64.powf(v) } else { v };
-        if v >= 100.0 {
+        if v == 0.0 {
+            "0".to_owned()
+        } else if v >= 100.0 || (log && v >= 1.0) {
             format!("{v:.0}")
         } else if v >= 1.0 {
             format!("{v:.1}")
