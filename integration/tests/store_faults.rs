@@ -206,6 +206,29 @@ fn a_deleted_repository_is_stale_and_others_are_unaffected() {
     assert!(fresh.mount("/app@main").is_ok());
 }
 
+/// `two_repo_store` with `doomed.bin` (incompressible) committed to app
+/// and packed on its own: the store and that pack.
+fn store_with_a_doomed_pack(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let store = two_repo_store(dir);
+    let bare = store.join("app.git");
+    commit_file(&dir.join("work-app"), "doomed.bin", &incompressible());
+    git(&bare, &["repack", "-q", "-d"]);
+    let newest = fixture::packs(&bare)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .expect("app has packs");
+    (store, newest)
+}
+
+fn cut_in_half(file: &Path) {
+    let len = std::fs::metadata(file).expect("the pack").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncating the pack");
+}
+
 /// A pack truncated under the server: gix reads packs through a memory
 /// map, where a truncated file would kill the process (SIGBUS). The server
 /// notices the shorter pack first: reads of the objects in it answer
@@ -214,30 +237,14 @@ fn a_deleted_repository_is_stale_and_others_are_unaffected() {
 #[test]
 fn a_truncated_pack_fails_only_its_own_objects() {
     let dir = tempfile::tempdir().unwrap();
-    let store = two_repo_store(dir.path());
-    let bare = store.join("app.git");
-    commit_file(
-        &dir.path().join("work-app"),
-        "doomed.bin",
-        &incompressible(),
-    );
-    git(&bare, &["repack", "-q", "-d"]);
-    let newest = fixture::packs(&bare)
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let (store, doomed_pack) = store_with_a_doomed_pack(dir.path());
 
     let mut server = GitNfsd::start(&store);
     let mut client = RpcClient::connect(server.addr);
     let root = client.mount("/app@main").unwrap();
     let doomed_fh = client.walk(&root, "doomed.bin").unwrap();
     // Cut the pack holding doomed.bin in half, before it was ever read.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&newest)
-        .unwrap();
-    file.set_len(std::fs::metadata(&newest).unwrap().len() / 2)
-        .unwrap();
+    cut_in_half(&doomed_pack);
 
     let status = client.read_all(&doomed_fh, 65536).unwrap_err();
     assert_eq!(format!("{status:?}"), "NFS3ERR_IO");
@@ -254,29 +261,13 @@ fn a_truncated_pack_fails_only_its_own_objects() {
 #[test]
 fn an_index_built_after_a_pack_was_truncated_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let store = two_repo_store(dir.path());
-    let bare = store.join("app.git");
-    commit_file(
-        &dir.path().join("work-app"),
-        "doomed.bin",
-        &incompressible(),
-    );
-    git(&bare, &["repack", "-q", "-d"]);
-    let newest = fixture::packs(&bare)
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let (store, doomed_pack) = store_with_a_doomed_pack(dir.path());
 
     let mut server = GitNfsd::start(&store);
     let mut client = RpcClient::connect(server.addr);
     // MOUNT walks the trees; no blob size has been read yet.
     let root = client.mount("/app@main").unwrap();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&newest)
-        .unwrap();
-    file.set_len(std::fs::metadata(&newest).unwrap().len() / 2)
-        .unwrap();
+    cut_in_half(&doomed_pack);
 
     // The index needs every blob's size, doomed.bin's among them.
     let status = match client.walk(&root, ".git/index") {
