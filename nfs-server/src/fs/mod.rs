@@ -639,15 +639,18 @@ impl Filesystem {
                 .filter_map(|(path, index)| Some((path, index, tree.node(index)?)))
                 .collect();
             // The sizes not known yet, read in one batch.
-            let unknown: Vec<_> = tracked
+            let unknown: Vec<&worktree::Node> = tracked
                 .iter()
                 .filter(|(_, _, n)| !matches!(n.kind, NodeKind::Gitlink) && n.known_size().is_none())
                 .map(|(_, _, n)| *n)
                 .collect();
-            let oids: Vec<_> = unknown.iter().map(|n| n.oid).collect();
-            for (n, size) in unknown.iter().zip(self.blobs.sizes(&export.repo, &oids)?) {
-                n.remember_size(size);
-            }
+            self.blobs.sizes(
+                &export.repo,
+                &unknown,
+                |n| n.oid,
+                |n, size| n.remember_size(size),
+            )?;
+            drop(unknown);
             let mut entries = Vec::with_capacity(tracked.len());
             for (path, index, n) in tracked {
                 let (mode, size) = match n.kind {

@@ -347,49 +347,62 @@ impl BlobCache {
         Ok(header.size())
     }
 
-    /// The sizes of many blobs, in order, for an index: their headers are
-    /// read on every core, each thread with one repository handle, and the
-    /// packs are looked at every [`CHECK_PACKS_EVERY`] objects rather than
-    /// before each (a look costs more than a header).
-    pub fn sizes(&self, repo: &Repo, oids: &[ObjectId]) -> Result<Vec<u64>, ObjectError> {
+    /// Reads the sizes of many blobs, for an index, and hands each to
+    /// `found` with its item: headers are read on every core, each thread
+    /// with one repository handle, and the packs are looked at every
+    /// [`CHECK_PACKS_EVERY`] objects rather than before each (a look costs
+    /// more than a header). Nothing is collected, so a million files cost
+    /// no extra memory.
+    pub fn sizes<T: Sync>(
+        &self,
+        repo: &Repo,
+        items: &[T],
+        oid: impl Fn(&T) -> ObjectId + Sync,
+        found: impl Fn(&T, u64) + Sync,
+    ) -> Result<(), ObjectError> {
         let threads = std::thread::available_parallelism()
             .map_or(1, std::num::NonZero::get)
-            .min(oids.len().div_ceil(PARALLEL_FROM))
+            .min(items.len().div_ceil(PARALLEL_FROM))
             .max(1);
         if threads == 1 {
-            return self.sizes_on_this_thread(repo, oids);
+            return self.sizes_on_this_thread(repo, items, &oid, &found);
         }
         std::thread::scope(|scope| {
-            let workers: Vec<_> = oids
-                .chunks(oids.len().div_ceil(threads))
-                .map(|part| scope.spawn(move || self.sizes_on_this_thread(repo, part)))
+            let workers: Vec<_> = items
+                .chunks(items.len().div_ceil(threads))
+                .map(|part| {
+                    let (oid, found) = (&oid, &found);
+                    scope.spawn(move || self.sizes_on_this_thread(repo, part, oid, found))
+                })
                 .collect();
-            let mut sizes = Vec::with_capacity(oids.len());
+            let mut result = Ok(());
             for worker in workers {
                 match worker.join() {
-                    Ok(part) => sizes.extend(part?),
+                    Ok(part) => result = result.and(part),
                     Err(panic) => std::panic::resume_unwind(panic),
                 }
             }
-            Ok(sizes)
+            result
         })
     }
 
-    fn sizes_on_this_thread(
+    fn sizes_on_this_thread<T>(
         &self,
         repo: &Repo,
-        oids: &[ObjectId],
-    ) -> Result<Vec<u64>, ObjectError> {
+        items: &[T],
+        oid_of: &impl Fn(&T) -> ObjectId,
+        found: &impl Fn(&T, u64),
+    ) -> Result<(), ObjectError> {
         let git = repo.local();
         let mut packs = repo.check_packs();
-        let mut sizes = Vec::with_capacity(oids.len());
-        for (i, &oid) in oids.iter().enumerate() {
+        for (i, item) in items.iter().enumerate() {
+            let oid = oid_of(item);
             if let Some(blob) = self.cache.get(&oid) {
-                sizes.push(blob.len() as u64);
+                found(item, blob.len() as u64);
                 continue;
             }
             if let Some(file) = self.spill.files.get(&SpillKey::Blob(oid)) {
-                sizes.push(file.len);
+                found(item, file.len);
                 continue;
             }
             if i % CHECK_PACKS_EVERY == CHECK_PACKS_EVERY - 1 {
@@ -407,9 +420,9 @@ impl BlobCache {
                 oid,
                 source,
             })?;
-            sizes.push(header.size());
+            found(item, header.size());
         }
-        Ok(sizes)
+        Ok(())
     }
 }
 
