@@ -4,7 +4,9 @@
 //!
 //! - sequential read of a 256 MiB file (one reader, and 4 at once);
 //! - a full recursive listing with attributes (READDIRPLUS) of 100,000
-//!   files;
+//!   files and of the Linux kernel tree;
+//! - LOOKUP + GETATTR from one client: 2,000 files found from the root one
+//!   component at a time;
 //! - random 4 KiB READs across 2,000 of those files from 1, 4, 16 and 64
 //!   concurrent clients (this project's own blocking RPC client, one
 //!   connection each): throughput and p50/p99 latency.
@@ -20,7 +22,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration::client::RpcClient;
-use integration::peers::{BIG_MIB, FILES, Ganesha, Rng, prepare, random_read_files};
+use integration::peers::{
+    BIG_MIB, FILES, Ganesha, Rng, prepare, prepare_kernel, random_read_files,
+};
 use integration::report::{Plot, Table};
 use integration::server::GitNfsd;
 use nfs3_types::nfs3::nfs_fh3;
@@ -133,6 +137,24 @@ impl RandomTarget {
     }
 }
 
+/// Time to find every file from the export's root (a LOOKUP per path
+/// component) and GETATTR it, over one connection.
+fn lookups(
+    mount: std::net::SocketAddr,
+    nfs: std::net::SocketAddr,
+    export: &str,
+    files: &[(String, u64)],
+) -> Duration {
+    let root = RpcClient::connect(mount).mount(export).expect("MOUNT");
+    let mut c = RpcClient::connect(nfs);
+    let start = Instant::now();
+    for (path, _) in files {
+        let fh = c.walk(&root, path).expect("LOOKUP");
+        c.getattr(&fh).expect("GETATTR");
+    }
+    start.elapsed()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -144,6 +166,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     let (store, data) = prepare();
+    prepare_kernel(&store, &data);
     // Default flags: the 256 MiB file is larger than the blob cache, so it
     // is decoded once into the spill folder and read from there.
     let nfsd = GitNfsd::start(&store);
@@ -153,11 +176,13 @@ fn main() {
     let ours_tree = nfsd.url("/files@main");
     let theirs_tree = ganesha.url("/data/files");
 
-    // Warm both (first read decodes the pack; first listing walks the tree).
+    let ours_linux = nfsd.url("/linux@main");
+    let theirs_linux = ganesha.url("/data/linux");
+
+    // Warm both (first read decodes the pack; first listings, below, walk
+    // the trees).
     cat(&ours_big, 1);
     cat(&theirs_big, 1);
-    let (_, our_entries) = list(&ours_tree);
-    let (_, their_entries) = list(&theirs_tree);
 
     let mut rows = Vec::new();
     let (our_pid, their_pid) = (nfsd.pid(), ganesha.ganesha.id());
@@ -182,18 +207,25 @@ fn main() {
             b.as_secs_f64() / a.as_secs_f64()
         ));
     }
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        ours.push(list(&ours_tree).0);
-        theirs.push(list(&theirs_tree).0);
+    for (what, ours_url, theirs_url) in [
+        (format!("{FILES} files"), &ours_tree, &theirs_tree),
+        ("the Linux tree".to_owned(), &ours_linux, &theirs_linux),
+    ] {
+        let (_, our_entries) = list(ours_url);
+        let (_, their_entries) = list(theirs_url);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            ours.push(list(ours_url).0);
+            theirs.push(list(theirs_url).0);
+        }
+        let (a, b) = (median(ours), median(theirs));
+        rows.push(format!(
+            "| nfs-ls -R of {what} ({our_entries} / {their_entries} entries listed) | {:.2} s | {:.2} s | {:.2} |",
+            a.as_secs_f64(),
+            b.as_secs_f64(),
+            b.as_secs_f64() / a.as_secs_f64()
+        ));
     }
-    let (a, b) = (median(ours), median(theirs));
-    rows.push(format!(
-        "| nfs-ls -R of {FILES} files ({our_entries} / {their_entries} entries listed) | {:.2} s | {:.2} s | {:.2} |",
-        a.as_secs_f64(),
-        b.as_secs_f64(),
-        b.as_secs_f64() / a.as_secs_f64()
-    ));
 
     // Random 4 KiB reads, same files, same sequence, on both servers.
     let files = random_read_files(&store, RANDOM_FILES);
@@ -211,6 +243,29 @@ fn main() {
         "reads per second",
     )
     .log_x();
+    // LOOKUP + GETATTR: each of the same files found from the root, one
+    // component at a time, then its attributes; one client, both warm.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let calls: usize = files
+        .iter()
+        .map(|(path, _)| path.split('/').count() + 1)
+        .sum();
+    for _ in 0..ROUNDS {
+        ours.push(lookups(nfsd.addr, nfsd.addr, "/files@main", &files));
+        theirs.push(lookups(
+            ([127, 0, 0, 1], ganesha.mount_port).into(),
+            ([127, 0, 0, 1], ganesha.port).into(),
+            "/data/files",
+            &files,
+        ));
+    }
+    let (a, b) = (median(ours), median(theirs));
+    rows.push(format!(
+        "| LOOKUP + GETATTR, one client: calls/s ({RANDOM_FILES} paths, {calls} calls) | {:.0} | {:.0} | {:.2} |",
+        calls as f64 / a.as_secs_f64(),
+        calls as f64 / b.as_secs_f64(),
+        b.as_secs_f64() / a.as_secs_f64()
+    ));
     for clients in [1, 4, 16, 64] {
         let mut rounds = Vec::new();
         for _ in 0..RANDOM_ROUNDS {
