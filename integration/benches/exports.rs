@@ -1,4 +1,4 @@
-//! Memory per live export: git-nfsd's RSS with 1, 10 and 100 exports of a
+//! Memory per live export: git-nfsd's RSS with 1, 10, 100 and 300 exports of a
 //! 100,000-file tree and of the Linux kernel tree mounted and in use, with
 //! the default cache (256 MiB) and a larger one, printed as a table
 //! (BENCH_REPOS=r100000,linux picks the trees):
@@ -18,7 +18,9 @@ use integration::fixture;
 use integration::report::{Plot, Table};
 use integration::server::GitNfsd;
 
-const COUNTS: [usize; 3] = [1, 10, 100];
+const COUNTS: [usize; 4] = [1, 10, 100, 300];
+/// Extra commits made for the exports: as many as the largest count.
+const COMMITS: usize = 300;
 
 /// A git command's output as trimmed text.
 fn git(repo: &Path, args: &[&str]) -> String {
@@ -28,14 +30,17 @@ fn git(repo: &Path, args: &[&str]) -> String {
 }
 
 /// `store/<name>.git`, a benchmark repository ([`fixture::bench_repo`],
-/// objects shared by hard links) with 100 extra commits of main's tree,
-/// `refs/heads/e000` to `e099`. Built once and cached.
+/// objects shared by hard links) with 300 extra commits of main's tree,
+/// `refs/heads/e000` to `e299`. Built once and cached.
 fn prepare(name: &str) -> PathBuf {
     let store = integration::target_dir()
         .join("lazy-worktree-fixtures")
         .join("exports");
     let repo = store.join(format!("{name}.git"));
-    if repo.join("refs/heads/e099").exists() {
+    if repo
+        .join(format!("refs/heads/e{:03}", COMMITS - 1))
+        .exists()
+    {
         return store;
     }
     let _ = std::fs::remove_dir_all(&repo);
@@ -49,7 +54,7 @@ fn prepare(name: &str) -> PathBuf {
         .expect("git clone");
     assert!(status.success(), "git clone --bare {}", source.display());
     let tree = git(&repo, &["rev-parse", "main^{tree}"]);
-    for i in 0..100 {
+    for i in 0..COMMITS {
         let commit = git(
             &repo,
             &[
