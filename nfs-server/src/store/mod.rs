@@ -118,19 +118,13 @@ impl Repo {
         Ok(repo)
     }
 
-    /// Checks that `oid` is not in a pack file that shrank since it was
-    /// first seen; call it before gix reads the object. An object of a
+    /// Looks at the size of every pack file now: the packs that shrank
+    /// since they were first seen, against which objects are then checked
+    /// ([`PackCheck::intact`]) before gix reads them. An object of a
     /// truncated pack cannot be read (gix would fault on the missing part
-    /// of its memory map), the others can: packs are self-contained. Logs
-    /// each truncated pack once.
-    pub fn packs_intact(&self, oid: &gix::oid) -> Result<(), PackTruncated> {
-        self.check_packs().intact(oid)
-    }
-
-    /// Looks at the size of every pack file now: the packs found truncated,
-    /// against which many objects can then be checked cheaply. The check
-    /// holds for as long as the caller reads nothing else, so a batch scans
-    /// again every few hundred objects.
+    /// of its memory map), the others can: packs are self-contained. The
+    /// check holds for as long as the caller reads nothing else, so a batch
+    /// looks again every few hundred objects. Logs each truncated pack once.
     pub fn check_packs(&self) -> PackCheck {
         let mut check = PackCheck::default();
         let dir = self.objects_dir().join("pack");

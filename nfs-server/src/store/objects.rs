@@ -16,7 +16,7 @@ use std::sync::Arc;
 use gix::ObjectId;
 use thiserror::Error;
 
-use super::{Repo, RepoId};
+use super::{PackCheck, Repo, RepoId};
 use crate::metrics::Metrics;
 
 /// Why an object could not be read; returned by [`BlobCache::get`] and
@@ -329,22 +329,22 @@ impl BlobCache {
 
     /// The size of blob `oid`, from the caches or the object's header.
     pub fn size(&self, repo: &Repo, oid: ObjectId) -> Result<u64, ObjectError> {
+        match self.cached_size(oid) {
+            Some(size) => Ok(size),
+            None => header_size(repo, &repo.local(), &repo.check_packs(), oid),
+        }
+    }
+
+    /// The size of blob `oid` when it is decoded already, in memory or
+    /// spilled.
+    fn cached_size(&self, oid: ObjectId) -> Option<u64> {
         if let Some(blob) = self.cache.get(&oid) {
-            return Ok(blob.len() as u64);
+            return Some(blob.len() as u64);
         }
-        if let Some(file) = self.spill.files.get(&SpillKey::Blob(oid)) {
-            return Ok(file.len);
-        }
-        intact(repo, oid)?;
-        let header = repo
-            .local()
-            .find_header(oid)
-            .map_err(|source| ObjectError::Read {
-                repo: repo.name.clone(),
-                oid,
-                source,
-            })?;
-        Ok(header.size())
+        self.spill
+            .files
+            .get(&SpillKey::Blob(oid))
+            .map(|file| file.len)
     }
 
     /// Reads the sizes of many blobs, for an index, and hands each to
@@ -397,30 +397,14 @@ impl BlobCache {
         let mut packs = repo.check_packs();
         for (i, item) in items.iter().enumerate() {
             let oid = oid_of(item);
-            if let Some(blob) = self.cache.get(&oid) {
-                found(item, blob.len() as u64);
-                continue;
-            }
-            if let Some(file) = self.spill.files.get(&SpillKey::Blob(oid)) {
-                found(item, file.len);
+            if let Some(size) = self.cached_size(oid) {
+                found(item, size);
                 continue;
             }
             if i % CHECK_PACKS_EVERY == CHECK_PACKS_EVERY - 1 {
                 packs = repo.check_packs();
             }
-            packs
-                .intact(&oid)
-                .map_err(|source| ObjectError::Truncated {
-                    repo: repo.name.clone(),
-                    oid,
-                    source,
-                })?;
-            let header = git.find_header(oid).map_err(|source| ObjectError::Read {
-                repo: repo.name.clone(),
-                oid,
-                source,
-            })?;
-            found(item, header.size());
+            found(item, header_size(repo, &git, &packs, oid)?);
         }
         Ok(())
     }
@@ -436,12 +420,33 @@ const PARALLEL_FROM: usize = 4096;
 
 /// Refuses to let gix touch a truncated pack of `repo`.
 fn intact(repo: &Repo, oid: ObjectId) -> Result<(), ObjectError> {
-    repo.packs_intact(&oid)
-        .map_err(|source| ObjectError::Truncated {
-            repo: repo.name.clone(),
-            oid,
-            source,
-        })
+    intact_as_of(repo, &repo.check_packs(), oid)
+}
+
+/// Refuses to let gix touch a pack `packs` found truncated.
+fn intact_as_of(repo: &Repo, packs: &PackCheck, oid: ObjectId) -> Result<(), ObjectError> {
+    packs.intact(&oid).map_err(|source| ObjectError::Truncated {
+        repo: repo.name.clone(),
+        oid,
+        source,
+    })
+}
+
+/// The size of blob `oid` from its object header, read through `git` once
+/// `packs` says its pack is whole.
+fn header_size(
+    repo: &Repo,
+    git: &gix::Repository,
+    packs: &PackCheck,
+    oid: ObjectId,
+) -> Result<u64, ObjectError> {
+    intact_as_of(repo, packs, oid)?;
+    let header = git.find_header(oid).map_err(|source| ObjectError::Read {
+        repo: repo.name.clone(),
+        oid,
+        source,
+    })?;
+    Ok(header.size())
 }
 
 /// A decode error shared by concurrent waiters (moka hands each an `Arc`):
