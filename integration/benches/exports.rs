@@ -118,12 +118,7 @@ fn main() {
     .log_x();
     for name in names.split(',') {
         let store = prepare(name);
-        let files = git(
-            &store.join(format!("{name}.git")),
-            &["ls-tree", "-r", "--name-only", "main"],
-        )
-        .lines()
-        .count();
+        let files = fixture::file_count(&store.join(format!("{name}.git")), "main");
         let tree = match name {
             "linux" => format!("Linux ({files} files)"),
             _ => format!("{files} files"),

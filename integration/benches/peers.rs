@@ -18,6 +18,7 @@
 //! `../shared/notes` for why). Runs alternate between the two servers;
 //! figures are medians.
 
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use integration::client::RpcClient;
 use integration::peers::{
     BIG_MIB, FILES, Ganesha, Rng, prepare, prepare_kernel, random_read_files,
 };
-use integration::report::{Plot, Table};
+use integration::report::{Plot, Table, median, percentile};
 use integration::server::GitNfsd;
 use nfs3_types::nfs3::nfs_fh3;
 
@@ -77,20 +78,32 @@ fn list(url: &str) -> (Duration, usize) {
 
 /// One server's side of the random reads: where to connect, and the
 /// handles of the files (looked up, and each read once to warm it).
+/// Where one server serves the 100,000 files to this project's client.
+#[derive(Clone, Copy)]
+struct Endpoint {
+    mount: SocketAddr,
+    nfs: SocketAddr,
+    export: &'static str,
+}
+
+impl Endpoint {
+    /// The export's root handle, and a client connected for NFS calls.
+    fn connect(&self) -> (nfs_fh3, RpcClient) {
+        let root = RpcClient::connect(self.mount)
+            .mount(self.export)
+            .expect("MOUNT");
+        (root, RpcClient::connect(self.nfs))
+    }
+}
+
 struct RandomTarget {
-    nfs: std::net::SocketAddr,
+    nfs: SocketAddr,
     files: Vec<(nfs_fh3, u64)>,
 }
 
 impl RandomTarget {
-    fn new(
-        mount: std::net::SocketAddr,
-        nfs: std::net::SocketAddr,
-        export: &str,
-        files: &[(String, u64)],
-    ) -> Self {
-        let root = RpcClient::connect(mount).mount(export).expect("MOUNT");
-        let mut c = RpcClient::connect(nfs);
+    fn new(server: Endpoint, files: &[(String, u64)]) -> Self {
+        let (root, mut c) = server.connect();
         let files = files
             .iter()
             .map(|(path, size)| {
@@ -99,7 +112,10 @@ impl RandomTarget {
                 (fh, *size)
             })
             .collect();
-        Self { nfs, files }
+        Self {
+            nfs: server.nfs,
+            files,
+        }
     }
 
     /// `total` random 4 KiB READs from `clients` connections at once:
@@ -139,29 +155,14 @@ impl RandomTarget {
 
 /// Time to find every file from the export's root (a LOOKUP per path
 /// component) and GETATTR it, over one connection.
-fn lookups(
-    mount: std::net::SocketAddr,
-    nfs: std::net::SocketAddr,
-    export: &str,
-    files: &[(String, u64)],
-) -> Duration {
-    let root = RpcClient::connect(mount).mount(export).expect("MOUNT");
-    let mut c = RpcClient::connect(nfs);
+fn lookups(server: Endpoint, files: &[(String, u64)]) -> Duration {
+    let (root, mut c) = server.connect();
     let start = Instant::now();
     for (path, _) in files {
         let fh = c.walk(&root, path).expect("LOOKUP");
         c.getattr(&fh).expect("GETATTR");
     }
     start.elapsed()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -229,13 +230,18 @@ fn main() {
 
     // Random 4 KiB reads, same files, same sequence, on both servers.
     let files = random_read_files(&store, RANDOM_FILES);
-    let ours_random = RandomTarget::new(nfsd.addr, nfsd.addr, "/files@main", &files);
-    let theirs_random = RandomTarget::new(
-        ([127, 0, 0, 1], ganesha.mount_port).into(),
-        ([127, 0, 0, 1], ganesha.port).into(),
-        "/data/files",
-        &files,
-    );
+    let ours = Endpoint {
+        mount: nfsd.addr,
+        nfs: nfsd.addr,
+        export: "/files@main",
+    };
+    let theirs = Endpoint {
+        mount: ([127, 0, 0, 1], ganesha.mount_port).into(),
+        nfs: ([127, 0, 0, 1], ganesha.port).into(),
+        export: "/data/files",
+    };
+    let ours_random = RandomTarget::new(ours, &files);
+    let theirs_random = RandomTarget::new(theirs, &files);
     let mut rates = Plot::new(
         "random-reads-libnfs",
         "Random 4 KiB READs, this project's RPC client on 127.0.0.1",
@@ -245,21 +251,16 @@ fn main() {
     .log_x();
     // LOOKUP + GETATTR: each of the same files found from the root, one
     // component at a time, then its attributes; one client, both warm.
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut our_times, mut their_times) = (Vec::new(), Vec::new());
     let calls: usize = files
         .iter()
         .map(|(path, _)| path.split('/').count() + 1)
         .sum();
     for _ in 0..ROUNDS {
-        ours.push(lookups(nfsd.addr, nfsd.addr, "/files@main", &files));
-        theirs.push(lookups(
-            ([127, 0, 0, 1], ganesha.mount_port).into(),
-            ([127, 0, 0, 1], ganesha.port).into(),
-            "/data/files",
-            &files,
-        ));
+        our_times.push(lookups(ours, &files));
+        their_times.push(lookups(theirs, &files));
     }
-    let (a, b) = (median(ours), median(theirs));
+    let (a, b) = (median(our_times), median(their_times));
     rows.push(format!(
         "| LOOKUP + GETATTR, one client: calls/s ({RANDOM_FILES} paths, {calls} calls) | {:.0} | {:.0} | {:.2} |",
         calls as f64 / a.as_secs_f64(),

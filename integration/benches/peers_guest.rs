@@ -29,13 +29,7 @@ const CLIENTS: [usize; 4] = [1, 4, 16, 64];
 fn main() {
     let (store, data) = prepare();
     prepare_kernel(&store, &data);
-    let kernel_files = integration::fixture::git(
-        &store.join("linux.git"),
-        &["ls-tree", "-r", "--name-only", "main"],
-    )
-    .split(|&b| b == b'\n')
-    .filter(|l| !l.is_empty())
-    .count();
+    let kernel_files = integration::fixture::file_count(&store.join("linux.git"), "main");
     let nfsd = GitNfsd::start(&store);
     let ganesha = Ganesha::start(&data);
     // The same files, under each server's mount point in the guest.

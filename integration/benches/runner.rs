@@ -17,17 +17,12 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use integration::report::Table;
+use integration::report::{Table, percentile};
 use integration::runner::{AgentRunner, Mcp};
 use serde_json::json;
 
 const ROUND_TRIPS: usize = 200;
 const STARTS: usize = 20;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)

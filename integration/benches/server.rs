@@ -12,15 +12,10 @@ use std::time::{Duration, Instant};
 
 use integration::client::RpcClient;
 use integration::fixture;
-use integration::report::Table;
+use integration::report::{Table, median};
 use integration::server::GitNfsd;
 
 const RUNS: usize = 7;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use integration::client::RpcClient;
 use integration::guest::GuestRun;
-use integration::report::{Plot, Table};
+use integration::report::{Plot, Table, median};
 use integration::server::GitNfsd;
 
 /// One repository of the bench: its export name (`r1000`, `linux`) and the
@@ -44,11 +44,6 @@ impl Repo {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
@@ -59,12 +54,7 @@ fn bench_store(names: &[String]) -> (PathBuf, Vec<Repo>) {
         .iter()
         .map(|name| {
             let repo = integration::fixture::bench_repo(name);
-            let listing =
-                integration::fixture::git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
-            let files = listing
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .count();
+            let files = integration::fixture::file_count(&repo, "main");
             (
                 repo,
                 Repo {

@@ -147,6 +147,14 @@ pub fn pack_entry(repo: &Path, rev: &str) -> Option<PackEntry> {
     })
 }
 
+/// How many files (blobs, links and submodules) `repo` has at `rev`.
+pub fn file_count(repo: &Path, rev: &str) -> usize {
+    git(repo, &["ls-tree", "-r", "--name-only", "-z", rev])
+        .split(|&b| b == 0)
+        .filter(|name| !name.is_empty())
+        .count()
+}
+
 /// Output of a git command in `repo`, which must succeed.
 pub fn git(repo: &Path, args: &[&str]) -> Vec<u8> {
     let out = Command::new("git")

@@ -5,8 +5,21 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{Value, json};
+
+/// The median of `times` (the upper middle one for an even count).
+pub fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// The `p` quantile (0 to 1) of `sorted` times, by nearest rank.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
 
 /// One Markdown table of a benchmark's results.
 pub struct Table {

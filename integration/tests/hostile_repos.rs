@@ -52,11 +52,7 @@ fn a_folder_of_a_million_entries_lists_and_looks_up() {
     let index = c.walk(&root, ".git/index").unwrap();
     let (head, _) = c.read(&index, 0, 12).unwrap();
     let entries = u32::from_be_bytes(head[8..12].try_into().unwrap());
-    let files = git(&repo(), &["ls-tree", "-r", "--name-only", "-z", "main"])
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .count();
-    assert_eq!(entries as usize, files);
+    assert_eq!(entries as usize, fixture::file_count(&repo(), "main"));
     let started = std::time::Instant::now();
     let whole = c.read_all(&index, 1 << 20).unwrap();
     assert_eq!(&whole[..12], &head[..]);

@@ -220,6 +220,7 @@ fn store_with_a_doomed_pack(dir: &Path) -> (std::path::PathBuf, std::path::PathB
     (store, newest)
 }
 
+/// Truncates `file` to half its length, in place.
 fn cut_in_half(file: &Path) {
     let len = std::fs::metadata(file).expect("the pack").len();
     std::fs::OpenOptions::new()

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use integration::peers::Rng;
+use integration::report::percentile;
 
 const BLOCK: u64 = 4096;
 
@@ -48,8 +49,8 @@ fn main() -> Result<()> {
     .concat();
     let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
     latencies.sort();
-    let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
-    println!("{rate:.0} {} {}", at(0.5).as_micros(), at(0.99).as_micros());
+    let at = |p: f64| percentile(&latencies, p).as_micros();
+    println!("{rate:.0} {} {}", at(0.5), at(0.99));
     Ok(())
 }
 
