@@ -348,52 +348,23 @@ impl BlobCache {
     }
 
     /// Reads the sizes of many blobs, for an index, and hands each to
-    /// `found` with its item: headers are read on every core, each thread
-    /// with one repository handle, and the packs are looked at every
-    /// [`CHECK_PACKS_EVERY`] objects rather than before each (a look costs
-    /// more than a header). Nothing is collected, so a million files cost
-    /// no extra memory.
-    pub fn sizes<T: Sync>(
+    /// `found` with its item: one repository handle for them all, without
+    /// its caches, and the packs looked at every [`CHECK_PACKS_EVERY`]
+    /// objects rather than before each (a look costs more than a header).
+    /// Nothing is collected, so a million files cost no extra memory. (On
+    /// threads of their own, a million headers grew the server by tens of
+    /// MiB more, in malloc arenas: one thread it is.)
+    pub fn sizes<T>(
         &self,
         repo: &Repo,
         items: &[T],
-        oid: impl Fn(&T) -> ObjectId + Sync,
-        found: impl Fn(&T, u64) + Sync,
+        oid_of: impl Fn(&T) -> ObjectId,
+        found: impl Fn(&T, u64),
     ) -> Result<(), ObjectError> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZero::get)
-            .min(items.len().div_ceil(PARALLEL_FROM))
-            .max(1);
-        if threads == 1 {
-            return self.sizes_on_this_thread(repo, items, &oid, &found);
-        }
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = items
-                .chunks(items.len().div_ceil(threads))
-                .map(|part| {
-                    let (oid, found) = (&oid, &found);
-                    scope.spawn(move || self.sizes_on_this_thread(repo, part, oid, found))
-                })
-                .collect();
-            let mut result = Ok(());
-            for worker in workers {
-                match worker.join() {
-                    Ok(part) => result = result.and(part),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            result
-        })
-    }
-
-    fn sizes_on_this_thread<T>(
-        &self,
-        repo: &Repo,
-        items: &[T],
-        oid_of: &impl Fn(&T) -> ObjectId,
-        found: &impl Fn(&T, u64),
-    ) -> Result<(), ObjectError> {
-        let git = repo.local();
+        // Headers need no decoded bases, so the handle keeps no caches.
+        let mut git = repo.local();
+        git.objects.unset_pack_cache();
+        git.objects.unset_object_cache();
         let mut packs = repo.check_packs();
         for (i, item) in items.iter().enumerate() {
             let oid = oid_of(item);
@@ -413,10 +384,6 @@ impl BlobCache {
 /// Object headers [`BlobCache::sizes`] reads between two looks at the
 /// pack files.
 const CHECK_PACKS_EVERY: usize = 256;
-
-/// Below this many objects per thread, [`BlobCache::sizes`] stays on fewer
-/// threads.
-const PARALLEL_FROM: usize = 4096;
 
 /// Refuses to let gix touch a truncated pack of `repo`.
 fn intact(repo: &Repo, oid: ObjectId) -> Result<(), ObjectError> {
