@@ -67,6 +67,13 @@ fn a_folder_of_a_million_entries_lists_and_looks_up() {
     // budget; the 80 MB index is spilled to disk, not held or rebuilt for
     // every READ (it once was: a minute to read it).
     assert!(grown_mib < 256, "RSS grew by {grown_mib} MiB");
+    // The table outweighs its slot of the cache; it is still built once,
+    // not once per call that needs it.
+    let builds = server.metric("gitnfsd_cache_lookups_total{cache=\"worktree\",result=\"miss\"}");
+    assert_eq!(
+        builds, 1.0,
+        "the million-entry table was built {builds} times"
+    );
 }
 
 #[test]

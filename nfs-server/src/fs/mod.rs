@@ -230,6 +230,15 @@ impl std::fmt::Debug for Filesystem {
     }
 }
 
+/// An entry's weight, at most the whole budget: moka refuses an entry that
+/// weighs more than its cache, and a tree table refused would be rebuilt (a
+/// second per million files) by every call that needs it. One that big
+/// instead fills its cache alone.
+fn weight_within(bytes: usize, budget: u64) -> u32 {
+    let capped = u64::try_from(bytes).unwrap_or(u64::MAX).min(budget);
+    u32::try_from(capped).unwrap_or(u32::MAX)
+}
+
 impl Filesystem {
     /// `cache_bytes` is split between decoded blobs (1/2), synthesized
     /// indexes (1/4), worktree tables (1/8) and exports (1/8), which keep
@@ -247,7 +256,7 @@ impl Filesystem {
         let live = metrics.exports_live.clone();
         let worktrees = moka::sync::Cache::builder()
             .max_capacity(eighth)
-            .weigher(|_, t: &Arc<Worktree>| u32::try_from(t.approx_bytes()).unwrap_or(u32::MAX))
+            .weigher(move |_, t: &Arc<Worktree>| weight_within(t.approx_bytes(), eighth))
             .eviction_listener(move |_, _, _| {
                 live.dec();
             })
@@ -265,8 +274,8 @@ impl Filesystem {
         // kept alive by exports stay within a budget too.
         let exports = moka::sync::Cache::builder()
             .max_capacity(eighth)
-            .weigher(|_, e: &Arc<Export>| {
-                u32::try_from(e.tree.approx_bytes() + 64 * e.view.refs.len()).unwrap_or(u32::MAX)
+            .weigher(move |_, e: &Arc<Export>| {
+                weight_within(e.tree.approx_bytes() + 64 * e.view.refs.len(), eighth)
             })
             .build();
         let blobs = BlobCache::new(cache_bytes / 2, spill, Arc::clone(&metrics));
