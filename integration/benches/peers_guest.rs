@@ -45,18 +45,13 @@ fn main() {
     std::fs::write(lists.path().join("theirs"), list("/m/theirs/files")).expect("list");
     let lists_path = lists.path().to_string_lossy().into_owned();
     let reader = integration::workspace_bin("guest-reads");
-    let mut guest = GuestRun::new()
+    let guest = GuestRun::new()
         .timeout(5400)
         .env("nfsport", nfsd.port())
         .env("ganeshaport", ganesha.port)
         .env("ganeshamountport", ganesha.mount_port)
-        .file(&reader.to_string_lossy(), "usr/local/bin/guest-reads")
+        .program(&reader, "usr/local/bin/guest-reads")
         .file(&lists_path, "lists");
-    // guest-reads is a Rust binary: its libraries beside git's.
-    for lib in ["libgcc_s.so.1", "libm.so.6"] {
-        let path = format!("/lib/x86_64-linux-gnu/{lib}");
-        guest = guest.file(&path, &path[1..]);
-    }
     let console = guest.run(&format!(
         "ROUNDS={ROUNDS}\nREADS={RANDOM_READS}\nCLIENTS='{}'\n{GUEST_SCRIPT}",
         CLIENTS.map(|c| c.to_string()).join(" ")
