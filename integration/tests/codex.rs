@@ -219,8 +219,10 @@ fn puzzle_agent(test: &str, edit: &str) -> serde_json::Value {
     })
 }
 
-fn run_puzzle(dates_fix: &str) -> (bool, String) {
-    let setup = CodexSetup::new(json!({"conversations": [
+/// The mock's script for the puzzle: the agents of the prices and text
+/// tests fix theirs, the dates agent runs `dates_fix`.
+fn puzzle_script(dates_fix: &str) -> serde_json::Value {
+    json!({"conversations": [
         puzzle_agent(
             "tests/test_prices.py",
             "sed -i 's/price + quantity/price * quantity/' shop/prices.py",
@@ -230,7 +232,13 @@ fn run_puzzle(dates_fix: &str) -> (bool, String) {
             "sed -i 's/\"_\".join/\"-\".join/' shop/text.py",
         ),
         puzzle_agent("tests/test_dates.py", dates_fix),
-    ]}));
+    ]})
+}
+
+const RIGHT_DATES_FIX: &str = "sed -i 's/return year % 4 == 0$/return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)/' shop/dates.py";
+
+fn run_puzzle(dates_fix: &str) -> (bool, String) {
+    let setup = CodexSetup::new(puzzle_script(dates_fix));
     let output = std::process::Command::new(integration::workspace_bin("smoke-check"))
         .args(["puzzle", "--timeout", "120", "--agent"])
         .arg(codex_bin())
@@ -243,6 +251,8 @@ fn run_puzzle(dates_fix: &str) -> (bool, String) {
         )
         .arg("--work-dir")
         .arg(setup.dir.path().join("puzzle"))
+        .args(["--worktrees", "libnfs", "--git-nfsd"])
+        .arg(integration::workspace_bin("git-nfsd"))
         .env("CODEX_MODEL", "mock-model")
         .env(
             "CODEX_PROVIDER_URL",
@@ -260,13 +270,13 @@ fn run_puzzle(dates_fix: &str) -> (bool, String) {
 }
 
 /// The smoke check's puzzle with the real codex and the mock model: three
-/// agents, each in its own worktree (plain git clones here, not NFS
-/// overlays: this machine's kernel has no NFS client), fix one bug each.
+/// agents, each in its own worktree of the check's git-nfsd export, fix one
+/// bug each. The worktrees are plain folders copied out of the export
+/// through libnfs, as this machine's kernel has no NFS client; the QEMU
+/// guest runs the overlay variant (`puzzle_in_overlay_worktrees_...`).
 #[test]
-fn puzzle_in_plain_directories_passes_when_every_agent_fixes_its_bug() {
-    let (passed, log) = run_puzzle(
-        "sed -i 's/return year % 4 == 0$/return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)/' shop/dates.py",
-    );
+fn puzzle_in_plain_directories_read_through_libnfs_passes_when_every_agent_fixes_its_bug() {
+    let (passed, log) = run_puzzle(RIGHT_DATES_FIX);
     assert!(passed, "{log}");
     for n in 1..=3 {
         assert!(
@@ -274,11 +284,12 @@ fn puzzle_in_plain_directories_passes_when_every_agent_fixes_its_bug() {
             "{log}"
         );
     }
+    assert!(log.contains("3 worktrees of one export (Libnfs)"), "{log}");
     assert!(log.contains("Ran 7 tests") && log.contains("OK"), "{log}");
 }
 
 #[test]
-fn puzzle_in_plain_directories_fails_and_names_the_agent_with_a_wrong_fix() {
+fn puzzle_in_plain_directories_read_through_libnfs_fails_and_names_the_agent_with_a_wrong_fix() {
     let (passed, log) = run_puzzle(
         "sed -i 's/return year % 4 == 0$/return year % 4 == 0 and year % 100 != 0/' shop/dates.py",
     );
@@ -290,3 +301,65 @@ fn puzzle_in_plain_directories_fails_and_names_the_agent_with_a_wrong_fix() {
     assert!(!log.contains("agent 1 (tests/test_prices.py)"), "{log}");
     assert!(!log.contains("agent 2 (tests/test_text.py)"), "{log}");
 }
+
+/// The check as Fly runs it, in the QEMU guest: the smoke check, its
+/// git-nfsd on the guest's 127.0.0.1, three agent-runners with the real
+/// codex, each agent in an overlay worktree of the one export mounted with
+/// the kernel's NFS client (`mount-worktree`), and a fourth worktree where
+/// all their patches go. Only the mock model stays on the host (10.0.2.2).
+#[test]
+fn puzzle_in_overlay_worktrees_in_the_guest_passes_when_every_agent_fixes_its_bug() {
+    let setup = CodexSetup::new(puzzle_script(RIGHT_DATES_FIX));
+    let fly = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fly/agent-runner");
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlay-scripts");
+    let mut guest = integration::guest::GuestRun::new()
+        .timeout(1800)
+        .memory(3072)
+        .env("mockport", setup.mock.port)
+        .python3()
+        .program(std::path::Path::new("/bin/bash"), "bin/bash")
+        .program(&codex_bin(), "usr/local/bin/codex")
+        .file(&scripts.to_string_lossy(), "opt/overlay-scripts")
+        // The image's ca-certificates: the HTTP clients load them even to
+        // speak plain HTTP.
+        .file(
+            "/etc/ssl/certs/ca-certificates.crt",
+            "etc/ssl/certs/ca-certificates.crt",
+        )
+        .file(
+            &fly.join("write-codex-config").to_string_lossy(),
+            "usr/local/bin/write-codex-config",
+        );
+    for bin in ["smoke-check", "agent-runner", "git-nfsd"] {
+        guest = guest.program(
+            &integration::workspace_bin(bin),
+            &format!("usr/local/bin/{bin}"),
+        );
+    }
+    let console = guest.run(GUEST_PUZZLE);
+    assert!(
+        console.contains("3 worktrees of one export (Overlay)"),
+        "the agents' worktrees were not overlay mounts"
+    );
+    for n in 1..=3 {
+        assert!(console.contains(&format!("agent {n} finished its turn")));
+    }
+    assert!(console.contains("Ran 7 tests"), "the suite did not run");
+    assert!(console.contains("smoke-check: ok"));
+    assert!(console.contains("PASS: every worktree unmounted"));
+}
+
+const GUEST_PUZZLE: &str = r#"
+set -eu
+export CODEX_MODEL=mock-model CODEX_API_KEY_ENV=
+export CODEX_PROVIDER_URL="http://10.0.2.2:$GUEST_MOCKPORT/v1"
+smoke-check puzzle --worktrees overlay --timeout 900 \
+    --git-nfsd /usr/local/bin/git-nfsd \
+    --mount-worktree /opt/overlay-scripts/mount-worktree \
+    --runner /usr/local/bin/agent-runner --agent /usr/local/bin/codex \
+    --codex-config /usr/local/bin/write-codex-config --work-dir /tmp/puzzle
+if grep -q ' /tmp/puzzle/' /proc/mounts; then
+    echo "FAIL: every worktree unmounted"; grep ' /tmp/puzzle/' /proc/mounts; exit 1
+fi
+echo "PASS: every worktree unmounted"
+"#;

@@ -117,6 +117,20 @@ fn agent_runner_app() {
     assert!(command.contains(":8080"));
     assert!(command.contains("&& smoke-check puzzle "), "{command}");
     assert!(command.contains("--codex-config /usr/local/bin/write-codex-config"));
+    // The puzzle serves itself with git-nfsd and mounts overlay worktrees:
+    // the image carries both, on the PATH where the check looks.
+    assert!(command.contains("--worktrees overlay"), "{command}");
+    let dockerfile =
+        std::fs::read_to_string(repo_root().join("fly/agent-runner/Dockerfile")).unwrap();
+    for needed in [
+        "--bin git-nfsd",
+        "/src/target/release/git-nfsd",
+        "overlay-scripts/mount-worktree",
+        "overlay-scripts/umount-worktree",
+        "python3",
+    ] {
+        assert!(dockerfile.contains(needed), "the image lacks {needed}");
+    }
     assert_eq!(str_at(&config, &["mounts", "destination"]), "/data");
     assert_eq!(str_at(&config, &["env", "DATA_DIR"]), "/data");
     assert_eq!(str_at(&config, &["kill_signal"]), "SIGTERM");

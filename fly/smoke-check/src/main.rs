@@ -5,12 +5,14 @@
 //!   its interfaces; `[[http_service.machine_checks]]` runs it against the
 //!   machine under test.
 //! - `smoke-check puzzle` ([`puzzle`]) has several agents fix one broken
-//!   repository, each in its own worktree, and passes only if the
-//!   repository's tests pass with all their work applied.
+//!   repository, each in its own worktree of one git-nfsd export
+//!   ([`export`]), and passes only if the repository's tests pass with all
+//!   their work applied.
 //!
 //! Every failure names the step and exits 1.
 
 mod client;
+mod export;
 mod puzzle;
 mod runner_check;
 
@@ -58,6 +60,17 @@ enum Command {
         /// How long each agent may take, in seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// How each agent's worktree is made from the export: an overlay
+        /// mount (root, kernel NFS client), or a folder copied through
+        /// libnfs where the kernel has no NFS client.
+        #[arg(long, value_enum, default_value_t = export::Worktrees::Overlay)]
+        worktrees: export::Worktrees,
+        /// The git-nfsd binary that serves the repository.
+        #[arg(long, default_value = "git-nfsd")]
+        git_nfsd: PathBuf,
+        /// The overlay script (`umount-worktree` must sit beside it).
+        #[arg(long, default_value = "mount-worktree")]
+        mount_worktree: PathBuf,
     },
 }
 
@@ -77,6 +90,9 @@ async fn main() -> std::process::ExitCode {
             agent,
             codex_config,
             timeout,
+            worktrees,
+            git_nfsd,
+            mount_worktree,
         } => {
             let options = puzzle::Options {
                 work_dir,
@@ -84,6 +100,11 @@ async fn main() -> std::process::ExitCode {
                 agent,
                 codex_config,
                 timeout: Duration::from_secs(timeout),
+                worktrees,
+                tools: export::Tools {
+                    git_nfsd,
+                    mount_worktree,
+                },
             };
             puzzle::run(&options).await
         }

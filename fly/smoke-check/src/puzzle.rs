@@ -1,8 +1,9 @@
 //! `smoke-check puzzle`: several agents fix one broken repository together.
 //!
 //! The check makes the repository itself (`puzzle/`: a Python package whose
-//! tests fail on three independent bugs, one per module), gives each agent
-//! its own worktree and its own agent-runner, tells each (with `message`)
+//! tests fail on three independent bugs, one per module), serves it from a
+//! git-nfsd of its own ([`crate::export`]), gives each agent its own
+//! worktree of that one export and its own agent-runner, tells each (with `message`)
 //! which failing test is theirs, waits for every agent to finish its turn,
 //! collects each agent's commits with `git format-patch`, applies them all
 //! to one fresh worktree and runs the repository's tests. It passes only
@@ -17,6 +18,7 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 
 use crate::client::{call, connect, http_client, step, wait_for_turn};
+use crate::export::{Server, Tools, Worktrees};
 
 /// The repository, file by file.
 const FILES: &[(&str, &str)] = &[
@@ -79,6 +81,9 @@ pub struct Options {
     /// Writes an agent's codex config: `SCRIPT CONFIG_TOML WORKTREE`.
     pub codex_config: Option<PathBuf>,
     pub timeout: Duration,
+    /// How each worktree is made from the export.
+    pub worktrees: Worktrees,
+    pub tools: Tools,
 }
 
 const IDENTITY: [&str; 4] = [
@@ -272,46 +277,51 @@ pub async fn run(options: &Options) -> anyhow::Result<bool> {
         started,
     );
 
-    let mut runners = Vec::new();
+    let server = Server::start(&options.tools.git_nfsd, &options.work_dir, &origin)?;
+    step(&format!("git-nfsd serves it on {}", server.addr()), started);
+    // Declared before the runners, so they are dropped (killed) first and
+    // no agent's cwd is still in a worktree when it is unmounted.
     let mut worktrees = Vec::new();
+    let mut runners = Vec::new();
     for index in 0..PARTS.len() {
-        let worktree = options.work_dir.join(format!("agent-{index}"));
-        git(
-            &options.work_dir,
-            &[
-                "clone",
-                "-q",
-                origin.to_str().context("UTF-8 path")?,
-                worktree.to_str().context("UTF-8 path")?,
-            ],
-        )?;
-        runners.push(Runner::start(options, index, &worktree)?);
+        let dir = options.work_dir.join(format!("agent-{index}"));
+        let worktree = server
+            .worktree(options.worktrees, &options.tools, &base, &dir)
+            .with_context(|| format!("agent {}'s worktree", index + 1))?;
+        runners.push(Runner::start(options, index, worktree.path())?);
         worktrees.push(worktree);
     }
-    step(&format!("{} runners up", runners.len()), started);
+    step(
+        &format!(
+            "{} worktrees of one export ({:?}), {} runners up",
+            worktrees.len(),
+            options.worktrees,
+            runners.len()
+        ),
+        started,
+    );
 
     let solving = PARTS.iter().enumerate().map(|(index, part)| {
         solve(
             index,
             part,
             &runners[index],
-            &worktrees[index],
+            worktrees[index].path(),
             &base,
             options.timeout,
         )
     });
     let patches = futures_util::future::join_all(solving).await;
 
-    let final_tree = options.work_dir.join("final");
-    git(
-        &options.work_dir,
-        &[
-            "clone",
-            "-q",
-            origin.to_str().context("UTF-8 path")?,
-            final_tree.to_str().context("UTF-8 path")?,
-        ],
-    )?;
+    let final_worktree = server
+        .worktree(
+            options.worktrees,
+            &options.tools,
+            &base,
+            &options.work_dir.join("final"),
+        )
+        .context("the worktree where every patch goes")?;
+    let final_tree = final_worktree.path();
     let mut failed = Vec::new();
     for (index, patch) in patches.into_iter().enumerate() {
         let part = &PARTS[index];
@@ -325,10 +335,10 @@ pub async fn run(options: &Options) -> anyhow::Result<bool> {
         let file = options.work_dir.join(format!("agent-{index}.patch"));
         std::fs::write(&file, &patch)?;
         if let Err(e) = git(
-            &final_tree,
+            final_tree,
             &["am", "-q", "--3way", file.to_str().context("UTF-8 path")?],
         ) {
-            let _ = git(&final_tree, &["am", "--abort"]);
+            let _ = git(final_tree, &["am", "--abort"]);
             failed.push(format!(
                 "agent {} ({}): its patch does not apply: {e:#}",
                 index + 1,
@@ -339,7 +349,7 @@ pub async fn run(options: &Options) -> anyhow::Result<bool> {
     step("applied every patch that applies to one worktree", started);
 
     for (index, part) in PARTS.iter().enumerate() {
-        let (passed, report) = unittest(&final_tree, &[part.test])?;
+        let (passed, report) = unittest(final_tree, &[part.test])?;
         if !passed {
             let last = report.lines().rev().take(12).collect::<Vec<_>>();
             let last: Vec<&str> = last.into_iter().rev().collect();
@@ -351,7 +361,7 @@ pub async fn run(options: &Options) -> anyhow::Result<bool> {
             ));
         }
     }
-    let (all_pass, report) = unittest(&final_tree, &["discover", "-s", "tests", "-t", "."])?;
+    let (all_pass, report) = unittest(final_tree, &["discover", "-s", "tests", "-t", "."])?;
     println!(
         "smoke-check: the repository's tests with every agent's work:\n{}",
         report.trim_end()
