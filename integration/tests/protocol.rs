@@ -218,6 +218,55 @@ fn timestamps_are_the_committer_time() {
     }
 }
 
+/// `/app@<branch>:<commit>`: the commit's tree, with HEAD on the branch
+/// and the branch at that commit, whatever the branch names in the store.
+#[test]
+fn a_branch_pinned_at_a_commit_mounts_that_commit_with_the_branch_as_head() {
+    let store = fixture::store();
+    let app = store.join("app.git");
+    let rev = |r: &str| String::from_utf8(fixture::git(&app, &["rev-parse", r])).unwrap();
+    let (main, tag) = (rev("main"), rev("v1.0"));
+    let (main, tag) = (main.trim(), tag.trim());
+    let server = GitNfsd::start(store);
+    let mut c = RpcClient::connect(server.addr);
+    let root = c
+        .mount(&format!("/app@feature/nested-name:{main}"))
+        .expect("mount the feature branch pinned at main's commit");
+    assert!(
+        c.walk(&root, "feature.txt").is_err(),
+        "the tree is main's, not the feature branch's"
+    );
+    let head = c.walk(&root, ".git/HEAD").unwrap();
+    assert_eq!(
+        c.read_all(&head, 4096).unwrap(),
+        b"ref: refs/heads/feature/nested-name\n"
+    );
+    let packed = c.walk(&root, ".git/packed-refs").unwrap();
+    let packed = String::from_utf8(c.read_all(&packed, 1 << 20).unwrap()).unwrap();
+    assert!(
+        packed.contains(&format!("{main} refs/heads/feature/nested-name\n")),
+        "{packed}"
+    );
+    // The same commit by branch: the same export, so the same handles.
+    let by_branch = c.mount("/app@main").unwrap();
+    let pinned_main = c.mount(&format!("/app@main:{main}")).unwrap();
+    assert_eq!(by_branch, pinned_main);
+    // A folder after the pin.
+    let inside = c.mount(&format!("/app@main:{main}/src")).unwrap();
+    assert_eq!(inside, c.walk(&by_branch, "src").unwrap());
+
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    for (path, status) in [
+        (format!("/app@main:{unknown}"), 2),
+        (format!("/app@main:{tag}"), 2),
+        (format!("/nope@main:{main}"), 2),
+        (format!("/app@main:{}", &main[..12]), 13),
+        (format!("/app@main~1:{main}"), 13),
+    ] {
+        assert_eq!(c.mount(&path).err(), Some(status), "MOUNT {path}");
+    }
+}
+
 #[test]
 fn mutating_procedures_answer_read_only() {
     let server = GitNfsd::start(fixture::store());

@@ -73,9 +73,10 @@ pub fn mount_status(metrics: &Metrics, path: &[u8], err: &MountError) -> mountst
     let path = String::from_utf8_lossy(path);
     let (status, name) = match err {
         MountError::Path(_) => (mountstat3::MNT3ERR_ACCES, "MNT3ERR_ACCES"),
-        MountError::UnknownRepo(_) | MountError::Resolve(_) | MountError::NotInTree(_) => {
-            (mountstat3::MNT3ERR_NOENT, "MNT3ERR_NOENT")
-        }
+        MountError::UnknownRepo(_)
+        | MountError::Resolve(_)
+        | MountError::NotInTree(_)
+        | MountError::PinNotACommit(_) => (mountstat3::MNT3ERR_NOENT, "MNT3ERR_NOENT"),
         MountError::NotADirectory(_) => (mountstat3::MNT3ERR_NOTDIR, "MNT3ERR_NOTDIR"),
         MountError::Build(_) => (mountstat3::MNT3ERR_IO, "MNT3ERR_IO"),
     };

@@ -1,4 +1,5 @@
-//! Parsing MOUNT paths: `/`, `/<namespace>`, `/<repo>` and `/<repo>@<rev>`.
+//! Parsing MOUNT paths: `/`, `/<namespace>`, `/<repo>`, `/<repo>@<rev>` and
+//! `/<repo>@<branch>:<commit>` (the branch, pinned at a commit).
 //!
 //! Parsing only checks shape; whether the repository and revision exist is
 //! decided by the store. Nothing here ever becomes a filesystem path, so a
@@ -20,8 +21,23 @@ pub struct ExportPath<'a> {
     /// folder, or a repository name possibly followed by a folder inside
     /// it. Empty for the root.
     pub repo: &'a str,
-    /// Everything after `@`: a revision possibly followed by a folder.
+    /// Everything after `@`: a revision possibly followed by a folder; with
+    /// a [`Pin`], exactly the branch.
     pub rev: Option<&'a str>,
+    /// After `<branch>:`, the commit the branch is pinned at.
+    pub pin: Option<Pin<'a>>,
+}
+
+/// `/<repo>@<branch>:<commit>[/<folder>]`: the worktree of `commit` whose
+/// HEAD is `branch`, whatever the branch names now. A worktree whose
+/// changes were made on a branch is mounted again this way after the
+/// branch moved on, so that its upper's commits stay on the branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin<'a> {
+    /// A full object id in hex (40 or 64 digits).
+    pub commit: &'a str,
+    /// The folder inside the worktree, without leading `/`; may be empty.
+    pub folder: &'a str,
 }
 
 /// Why an export path was refused; returned by [`ExportPath::parse`].
@@ -63,13 +79,30 @@ impl<'a> ExportPath<'a> {
                 }
             }
         }
-        if let Some(rev) = rev {
-            validate_rev(rev)?;
+        let mut pin = None;
+        let mut rev = rev;
+        if let Some(after_at) = rev {
             if repo.is_empty() {
                 return Err(ExportPathError::BadComponent(String::new()));
             }
+            if let Some((branch, pinned)) = after_at.split_once(':') {
+                let (commit, folder) = pinned.split_once('/').unwrap_or((pinned, ""));
+                let full_id = matches!(commit.len(), 40 | 64)
+                    && commit.bytes().all(|b| b.is_ascii_hexdigit());
+                if !full_id || branch.contains(['~', '^']) {
+                    return Err(ExportPathError::BadRevision(after_at.to_owned()));
+                }
+                validate_rev(branch)?;
+                if !folder.is_empty() {
+                    validate_rev(folder)?;
+                }
+                rev = Some(branch);
+                pin = Some(Pin { commit, folder });
+            } else {
+                validate_rev(after_at)?;
+            }
         }
-        Ok(Self { repo, rev })
+        Ok(Self { repo, rev, pin })
     }
 }
 
@@ -102,7 +135,48 @@ mod tests {
 
     fn ok(raw: &str) -> (String, Option<String>) {
         let p = ExportPath::parse(raw.as_bytes()).unwrap();
+        assert_eq!(p.pin, None);
         (p.repo.to_owned(), p.rev.map(str::to_owned))
+    }
+
+    const ID: &str = "1faee7c16b7129ae4fac3bbade6a25f0480e970d";
+
+    #[test]
+    fn a_branch_pinned_at_a_commit() {
+        let path = format!("/org/app@feature/x:{ID}");
+        let p = ExportPath::parse(path.as_bytes()).unwrap();
+        assert_eq!((p.repo, p.rev), ("org/app", Some("feature/x")));
+        assert_eq!(
+            p.pin,
+            Some(Pin {
+                commit: ID,
+                folder: ""
+            })
+        );
+        let path = format!("/app@main:{ID}/src/lib");
+        let p = ExportPath::parse(path.as_bytes()).unwrap();
+        assert_eq!(p.rev, Some("main"));
+        assert_eq!(
+            p.pin,
+            Some(Pin {
+                commit: ID,
+                folder: "src/lib"
+            })
+        );
+        for bad in [
+            "/app@main:1faee7c".to_owned(),
+            format!("/app@main:{}", &ID.replace('1', "g")),
+            format!("/app@main~1:{ID}"),
+            format!("/app@:{ID}"),
+            format!("/app@main:{ID}:{ID}"),
+            format!("/app@main:{ID}/a..b"),
+            format!("/@main:{ID}"),
+        ] {
+            assert!(
+                ExportPath::parse(bad.as_bytes()).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
     }
 
     #[test]

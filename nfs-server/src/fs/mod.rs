@@ -185,6 +185,8 @@ pub enum MountError {
     Build(#[from] Arc<BuildError>),
     #[error("no folder {0:?} in the worktree")]
     NotInTree(String),
+    #[error("{0} is not the id of a commit")]
+    PinNotACommit(String),
     #[error("{0:?} is not a folder")]
     NotADirectory(String),
 }
@@ -306,6 +308,19 @@ impl Filesystem {
         let path = ExportPath::parse(raw_path)?;
         let components: Vec<&str> = path.repo.split('/').filter(|c| !c.is_empty()).collect();
         let (repo, rev, commit, inside) = match path.rev {
+            Some(branch) if let Some(pin) = &path.pin => {
+                let repo = self
+                    .store
+                    .repo_by_name(path.repo)
+                    .ok_or_else(|| MountError::UnknownRepo(path.repo.to_owned()))?;
+                let commit = repo.resolve(Some(pin.commit))?;
+                // A tag's id would peel to its commit: only a commit's own id pins.
+                if !commit.to_string().eq_ignore_ascii_case(pin.commit) {
+                    return Err(MountError::PinNotACommit(pin.commit.to_owned()));
+                }
+                let inside = pin.folder.split('/').filter(|c| !c.is_empty()).collect();
+                (repo, Some(branch.to_owned()), commit, inside)
+            }
             None => {
                 let ns = self.namespace();
                 if let Some((id, _)) = ns.folder_by_path(path.repo) {
@@ -355,7 +370,13 @@ impl Filesystem {
                 }
             }
         };
-        let branch = repo.branch_named_by(rev.as_deref());
+        // A pinned branch is HEAD even if it no longer exists: the pin
+        // keeps what the worktree was made on.
+        let branch = if path.pin.is_some() {
+            rev
+        } else {
+            repo.branch_named_by(rev.as_deref())
+        };
         // Load the tree now, so a broken tree fails the MOUNT, not a later call.
         let export = self.export(&repo, commit, head_key(branch.as_deref()), branch)?;
         let mut node = Node::Worktree { export, index: 0 };
