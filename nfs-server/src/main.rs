@@ -209,7 +209,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(metrics_addr)
             .await
             .with_context(|| format!("listening for metrics on {metrics_addr}"))?;
-        println!("metrics at http://{}/metrics", listener.local_addr()?);
+        say(&format!(
+            "metrics at http://{}/metrics\n",
+            listener.local_addr()?
+        ));
         let token = shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) =
@@ -252,6 +255,9 @@ fn repository_around(dir: &Path) -> anyhow::Result<(String, PathBuf)> {
     Ok((folder, path))
 }
 
+/// Prints where the server listens and how to mount it. A closed stdout (the
+/// log reader gone) must not take the server down, so errors are ignored
+/// here, where `println!` would panic.
 fn print_mount_help(addr: SocketAddr, exports: &[String]) {
     let host = if addr.ip().is_unspecified() {
         "SERVER".to_owned()
@@ -266,22 +272,31 @@ fn print_mount_help(addr: SocketAddr, exports: &[String]) {
     } else {
         "repositories"
     };
-    println!(
-        "git-nfsd listening on {addr}, serving {} {noun}",
+    let mut text = format!(
+        "git-nfsd listening on {addr}, serving {} {noun}\n",
         exports.len()
     );
-    let Some(first) = exports.first() else { return };
+    if let Some(first) = exports.first() {
+        text.push_str(&mount_help(&host, port, first));
+    }
+    say(&text);
+}
+
+fn mount_help(host: &str, port: u16, first: &str) -> String {
     let leaf = first.rsplit('/').next().unwrap_or("worktree");
-    println!(
-        "Mount a worktree (Linux, as root; add @BRANCH, @TAG or @COMMIT to pin another revision):"
-    );
-    println!("  mkdir -p /mnt/{leaf}");
-    println!(
-        "  mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},nolock,ro,actimeo=3600 {host}:{first} /mnt/{leaf}"
-    );
-    println!(
-        "Or list it with libnfs: nfs-ls 'nfs://{host}{first}?nfsport={port}&mountport={port}&version=3'"
-    );
+    format!(
+        "Mount a worktree (Linux, as root; add @BRANCH, @TAG or @COMMIT to pin another revision):\n\
+         \x20 mkdir -p /mnt/{leaf}\n\
+         \x20 mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},nolock,ro,actimeo=3600 {host}:{first} /mnt/{leaf}\n\
+         Or list it with libnfs: nfs-ls 'nfs://{host}{first}?nfsport={port}&mountport={port}&version=3'\n"
+    )
+}
+
+/// Writes to stdout and flushes, ignoring a closed stdout.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 async fn wait_for_signal() {

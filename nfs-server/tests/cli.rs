@@ -141,3 +141,53 @@ fn without_arguments_it_serves_the_repository_around_the_current_directory() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
 }
+
+/// A closed stdout (its reader gone before the banner) does not take the
+/// server down: the banner is dropped, the server serves.
+#[test]
+fn a_closed_stdout_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("store/app.git");
+    assert!(
+        Command::new("git")
+            .args(["init", "-q", "--bare"])
+            .arg(&repo)
+            .status()
+            .expect("git")
+            .success()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut child = git_nfsd()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics", "127.0.0.1:0", "--store"])
+        .arg(dir.path().join("store"))
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let connected = loop {
+        if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            break stream;
+        }
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "git-nfsd exited"
+        );
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(connected);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "git-nfsd exited after its banner met a closed stdout"
+    );
+    child.kill().ok();
+    child.wait().ok();
+}
