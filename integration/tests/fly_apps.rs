@@ -87,8 +87,8 @@ fn git_nfsd_app() {
     );
     assert_eq!(config["metrics"]["port"].as_integer(), Some(9100));
     let entrypoint = std::fs::read_to_string(repo_root().join("fly/git-nfsd/entrypoint")).unwrap();
-    assert!(entrypoint.contains("--listen '[::]:2049'"));
-    assert!(entrypoint.contains("--metrics '[::]:9100'"));
+    assert!(entrypoint.contains("--listen \"${GIT_NFSD_LISTEN:-[::]:2049}\""));
+    assert!(entrypoint.contains("--metrics \"${GIT_NFSD_METRICS:-[::]:9100}\""));
     assert_dockerfile_sources_exist("git-nfsd");
 }
 
@@ -284,4 +284,109 @@ fn store_sync_keeps_a_live_store_current() {
         old.contains("first.txt") && !old.contains("second.txt"),
         "{old}"
     );
+}
+
+/// The git-nfsd image's entrypoint on the host: on an empty volume it waits
+/// for a repository, then serves the store, and its sync loop brings new
+/// upstream commits to new mounts; `STORE_REPOS` seeds a fresh store.
+#[test]
+fn the_git_nfsd_entrypoint_waits_for_a_repository_serves_and_syncs() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream");
+    std::fs::create_dir(&upstream).unwrap();
+    git(&upstream, &["init", "-q", "-b", "main"]);
+    commit_file(&upstream, "first.txt", "one\n");
+    let url = format!("file://{}", upstream.display());
+    let bin_dir = integration::workspace_bin("git-nfsd")
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}:{}",
+        repo_root().join("fly/git-nfsd").display(),
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let start = |store: &Path, repos: &str| {
+        Command::new(repo_root().join("fly/git-nfsd/entrypoint"))
+            .env("PATH", &path)
+            .env("STORE_DIR", store)
+            .env("STORE_REPOS", repos)
+            .env("STORE_SYNC_INTERVAL", "1")
+            .env("GIT_NFSD_LISTEN", "127.0.0.1:0")
+            .env("GIT_NFSD_METRICS", "127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("starting the entrypoint")
+    };
+    struct Group(std::process::Child);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0.id())])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+    let listening = |child: &mut std::process::Child| -> std::net::SocketAddr {
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("git-nfsd listening on ") {
+                // Keep reading: git-nfsd dies of a closed stdout.
+                std::thread::spawn(move || lines.for_each(drop));
+                return rest.split(',').next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("the entrypoint ended before git-nfsd listened");
+    };
+
+    // A fresh volume: nothing to serve until a repository is added.
+    let store = dir.path().join("empty-store");
+    let mut child = Group(start(&store, ""));
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let first = stderr.next().unwrap().unwrap();
+    assert!(first.contains("is empty; add a repository"), "{first}");
+    std::thread::spawn(move || stderr.for_each(drop));
+    assert!(store_sync(&store, &["add", "app", &url]).status.success());
+    let addr = listening(&mut child.0);
+    let mut c = integration::client::RpcClient::connect(addr);
+    let root = c.mount("/app@main").expect("mount after the add");
+    let first = c.walk(&root, "first.txt").unwrap();
+    assert_eq!(c.read_all(&first, 4096).unwrap(), b"one\n");
+
+    // Upstream moves; the sync loop (every second here) brings it in.
+    commit_file(&upstream, "second.txt", "two\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let root = c.mount("/app@main").expect("mount");
+        if let Ok(second) = c.walk(&root, "second.txt") {
+            assert_eq!(c.read_all(&second, 4096).unwrap(), b"two\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new commit never reached a new mount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(child);
+
+    // STORE_REPOS seeds a fresh store, and names an unreachable one without
+    // failing the others.
+    let seeded = dir.path().join("seeded-store");
+    let mut child = Group(start(
+        &seeded,
+        &format!("lib={url} broken=file:///nonexistent/repo"),
+    ));
+    let addr = listening(&mut child.0);
+    let mut c = integration::client::RpcClient::connect(addr);
+    let root = c.mount("/lib@main").expect("the seeded repository");
+    assert!(c.walk(&root, "second.txt").is_ok());
+    assert!(c.mount("/broken").is_err());
 }
