@@ -307,8 +307,8 @@ impl Filesystem {
     pub fn mount(&self, raw_path: &[u8]) -> Result<NodeId, MountError> {
         let path = ExportPath::parse(raw_path)?;
         let components: Vec<&str> = path.repo.split('/').filter(|c| !c.is_empty()).collect();
-        let (repo, rev, commit, inside) = match path.rev {
-            Some(branch) if let Some(pin) = &path.pin => {
+        let (repo, rev, commit, inside) = match (path.rev, &path.pin) {
+            (Some(branch), Some(pin)) => {
                 let repo = self
                     .store
                     .repo_by_name(path.repo)
@@ -321,7 +321,7 @@ impl Filesystem {
                 let inside = pin.folder.split('/').filter(|c| !c.is_empty()).collect();
                 (repo, Some(branch.to_owned()), commit, inside)
             }
-            None => {
+            (None, _) => {
                 let ns = self.namespace();
                 if let Some((id, _)) = ns.folder_by_path(path.repo) {
                     return Ok(NodeId::Namespace(id));
@@ -340,7 +340,7 @@ impl Filesystem {
                 let commit = repo.resolve(None)?;
                 (repo, None, commit, components[taken..].to_vec())
             }
-            Some(rev) => {
+            (Some(rev), None) => {
                 let repo = self
                     .store
                     .repo_by_name(path.repo)
