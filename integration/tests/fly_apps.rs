@@ -390,3 +390,82 @@ fn the_git_nfsd_entrypoint_waits_for_a_repository_serves_and_syncs() {
     assert!(c.walk(&root, "second.txt").is_ok());
     assert!(c.mount("/broken").is_err());
 }
+
+/// Each image's build stage builds binaries that exist in the workspace
+/// (`cargo build -p PACKAGE --bin NAME`, checked against `cargo metadata`),
+/// and its last stage copies only binaries the build stage made. No Docker
+/// engine runs here; this is what can be checked of a build without one.
+#[test]
+fn dockerfiles_build_and_copy_real_workspace_binaries() {
+    let metadata = Command::new(env!("CARGO"))
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo metadata");
+    assert!(metadata.status.success());
+    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout).unwrap();
+    let has_bin = |package: &str, bin: &str| {
+        metadata["packages"].as_array().unwrap().iter().any(|p| {
+            p["name"] == package
+                && p["targets"].as_array().unwrap().iter().any(|t| {
+                    t["name"] == bin && t["kind"].as_array().unwrap().iter().any(|k| k == "bin")
+                })
+        })
+    };
+    for app in ["git-nfsd", "agent-runner", "coordinator"] {
+        let text = std::fs::read_to_string(repo_root().join("fly").join(app).join("Dockerfile"))
+            .unwrap()
+            .replace("\\\n", " ");
+        let mut built = Vec::new();
+        for build in text.split("cargo build").skip(1) {
+            let words: Vec<&str> = build.split_whitespace().collect();
+            let after = |flag: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == flag)
+                    .map(|i| words[i + 1])
+                    .unwrap_or_else(|| panic!("{app}: a cargo build without {flag}"))
+            };
+            let (package, bin) = (after("-p"), after("--bin"));
+            assert!(
+                words.contains(&"--locked"),
+                "{app}: builds without --locked"
+            );
+            assert!(
+                has_bin(package, bin),
+                "{app}: no binary {bin} in package {package}"
+            );
+            built.push(bin);
+        }
+        let copied: Vec<&str> = text
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("/src/target/release/"))
+            .collect();
+        assert!(!copied.is_empty(), "{app} copies no binary");
+        for bin in copied {
+            assert!(
+                built.contains(&bin),
+                "{app} copies {bin}, which it does not build"
+            );
+        }
+    }
+}
+
+/// The agent-runner image ships the codex the tests run.
+#[test]
+fn the_runner_image_ships_the_codex_version_the_tests_run() {
+    let dockerfile =
+        std::fs::read_to_string(repo_root().join("fly/agent-runner/Dockerfile")).unwrap();
+    let run_tests = std::fs::read_to_string(repo_root().join("integration/run-tests")).unwrap();
+    let value = |text: &str, prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        value(&dockerfile, "ARG CODEX_VERSION="),
+        value(&run_tests, "codex_version=")
+    );
+}
