@@ -1,13 +1,14 @@
 //! What a benchmark reports: tables printed as Markdown, and, when
 //! `BENCH_RESULTS` names a folder (the `integration/bench` driver sets it),
 //! the same tables and the series to plot saved as JSON lines for
-//! `bench-report`, which writes the report and its PNG plots.
+//! `bench-report`, which writes the report and its PNG plots. A record is
+//! a [`Record`] serialized: this file alone knows the format.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 /// The median of `times` (the upper middle one for an even count).
 pub fn median(mut times: Vec<Duration>) -> Duration {
@@ -21,8 +22,19 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// One line of a bench's `<bench>.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Record {
+    Table(Table),
+    Plot(Plot),
+}
+
 /// One Markdown table of a benchmark's results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Table {
+    #[serde(rename = "table")]
     title: String,
     header: Vec<String>,
     rows: Vec<Vec<String>>,
@@ -53,11 +65,7 @@ impl Table {
     /// Prints the table and records it for the report.
     pub fn print(&self) {
         println!("{}", self.markdown());
-        save(&json!({
-            "table": self.title,
-            "header": self.header,
-            "rows": self.rows,
-        }));
+        save(&Record::Table(self.clone()));
     }
 
     pub fn markdown(&self) -> String {
@@ -73,14 +81,26 @@ impl Table {
 }
 
 /// A line chart for the report: one line per contender.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Plot {
-    name: String,
-    title: String,
-    x_label: String,
-    y_label: String,
-    log_x: bool,
-    log_y: bool,
-    lines: Vec<(String, Vec<(f64, f64)>)>,
+    /// The PNG's file name, without extension.
+    #[serde(rename = "plot")]
+    pub name: String,
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub log_x: bool,
+    pub log_y: bool,
+    pub lines: Vec<Line>,
+}
+
+/// One contender's points, `(x, y)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
 }
 
 impl Plot {
@@ -108,32 +128,24 @@ impl Plot {
     }
 
     pub fn point(&mut self, line: &str, x: f64, y: f64) {
-        match self.lines.iter_mut().find(|(name, _)| name == line) {
-            Some((_, points)) => points.push((x, y)),
-            None => self.lines.push((line.to_owned(), vec![(x, y)])),
+        match self.lines.iter_mut().find(|l| l.name == line) {
+            Some(l) => l.points.push((x, y)),
+            None => self.lines.push(Line {
+                name: line.to_owned(),
+                points: vec![(x, y)],
+            }),
         }
     }
 
     /// Records the plot for the report (nothing is printed).
     pub fn save(&self) {
-        save(&json!({
-            "plot": self.name,
-            "title": self.title,
-            "x_label": self.x_label,
-            "y_label": self.y_label,
-            "log_x": self.log_x,
-            "log_y": self.log_y,
-            "lines": self.lines.iter().map(|(name, points)| json!({
-                "name": name,
-                "points": points.iter().map(|(x, y)| [x, y]).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        }));
+        save(&Record::Plot(self.clone()));
     }
 }
 
 /// Appends one record to `$BENCH_RESULTS/<bench>.jsonl`, where `<bench>`
 /// is the running benchmark's name.
-fn save(record: &Value) {
+fn save(record: &Record) {
     let Some(dir) = std::env::var_os("BENCH_RESULTS") else {
         return;
     };
@@ -152,12 +164,27 @@ fn save(record: &Value) {
         .append(true)
         .open(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    writeln!(file, "{record}").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let line = serde_json::to_string(record).expect("a record serializes");
+    writeln!(file, "{line}").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_read_back_as_what_was_saved() {
+        let mut table = Table::new("T", &["a", "b"]);
+        table.row(vec!["1".into(), "2".into()]);
+        let mut plot = Plot::new("p", "P", "x", "y").log_x();
+        plot.point("ours", 1.0, 2.0);
+        for record in [Record::Table(table), Record::Plot(plot)] {
+            let line = serde_json::to_string(&record).unwrap();
+            let back: Record = serde_json::from_str(&line).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), line);
+        }
+        assert!(serde_json::from_str::<Record>(r#"{"table":"T","header":["a"]}"#).is_err());
+    }
 
     #[test]
     fn a_markdown_row_keeps_its_empty_cells() {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use integration::report::{Plot, Record};
 use plotters::prelude::*;
-use serde_json::Value;
 
 /// Benches in the order the report gives them; others follow by name.
 const ORDER: [&str; 6] = [
@@ -54,13 +54,17 @@ fn main() -> Result<()> {
         report +=
             &format!("\n## {bench}\n\n```sh\ncargo bench -p integration --bench {bench}\n```\n\n");
         for record in records {
-            if record.get("table").is_some() {
-                report += &table(&record)?;
-            } else if let Some(name) = record.get("plot").and_then(Value::as_str) {
-                let png = format!("{name}.png");
-                plot(&record, &args.out.join(&png)).with_context(|| format!("plotting {name}"))?;
-                let title = record["title"].as_str().unwrap_or(name);
-                report += &format!("![{title}]({png})\n\n");
+            match record {
+                Record::Table(table) => {
+                    report += &table.markdown();
+                    report.push('\n');
+                }
+                Record::Plot(chart) => {
+                    let png = format!("{}.png", chart.name);
+                    plot(&chart, &args.out.join(&png))
+                        .with_context(|| format!("plotting {}", chart.name))?;
+                    report += &format!("![{}]({png})\n\n", chart.title);
+                }
             }
         }
     }
@@ -71,7 +75,7 @@ fn main() -> Result<()> {
 }
 
 /// Every bench's records, in report order.
-fn read_records(dir: &Path) -> Result<Vec<(String, Vec<Value>)>> {
+fn read_records(dir: &Path) -> Result<Vec<(String, Vec<Record>)>> {
     let mut benches = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
@@ -92,7 +96,7 @@ fn read_records(dir: &Path) -> Result<Vec<(String, Vec<Value>)>> {
                 serde_json::from_str(l)
                     .with_context(|| format!("{}: line {}", path.display(), n + 1))
             })
-            .collect::<Result<Vec<Value>>>()?;
+            .collect::<Result<Vec<Record>>>()?;
         benches.push((bench.to_owned(), records));
     }
     if benches.is_empty() {
@@ -130,45 +134,22 @@ fn machine() -> String {
     )
 }
 
-fn table(record: &Value) -> Result<String> {
-    let cells = |v: &Value| -> Result<Vec<String>> {
-        v.as_array()
-            .context("a table row is not a list")?
-            .iter()
-            .map(|c| c.as_str().map(str::to_owned).context("a cell is not text"))
-            .collect()
-    };
-    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
-    let header = cells(&record["header"])?;
-    let mut out = format!("{}\n\n", record["table"].as_str().unwrap_or_default());
-    out += &line(&header);
-    out += &format!("|{}\n", "---|".repeat(header.len()));
-    for row in record["rows"].as_array().context("a table without rows")? {
-        out += &line(&cells(row)?);
-    }
-    out.push('\n');
-    Ok(out)
-}
-
 /// A line per contender; log axes are drawn as log10 of the values, with
 /// ticks labelled in the values themselves.
-fn plot(record: &Value, png: &Path) -> Result<()> {
-    let log_x = record["log_x"].as_bool().unwrap_or(false);
-    let log_y = record["log_y"].as_bool().unwrap_or(false);
+fn plot(figure: &Plot, png: &Path) -> Result<()> {
+    let (log_x, log_y) = (figure.log_x, figure.log_y);
     let scale = |v: f64, log: bool| if log { v.log10() } else { v };
     let mut lines = Vec::new();
-    for line in record["lines"].as_array().context("a plot without lines")? {
-        let name = line["name"].as_str().context("a line without a name")?;
-        let mut points = line["points"]
-            .as_array()
-            .context("a line without points")?
+    for line in &figure.lines {
+        let mut points = line
+            .points
             .iter()
-            .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+            .copied()
             .filter(|(x, y)| (!log_x || *x > 0.0) && (!log_y || *y > 0.0))
             .map(|(x, y)| (scale(x, log_x), scale(y, log_y)))
             .collect::<Vec<_>>();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        lines.push((name.to_owned(), points));
+        lines.push((line.name.clone(), points));
     }
     let all = || lines.iter().flat_map(|(_, p)| p.iter());
     let bounds = |pick: fn(&(f64, f64)) -> f64, log: bool| {
@@ -211,18 +192,15 @@ fn plot(record: &Value, png: &Path) -> Result<()> {
     let root = BitMapBackend::new(png, (960, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            record["title"].as_str().unwrap_or_default(),
-            ("sans-serif", 22),
-        )
+        .caption(&figure.title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(72)
         .build_cartesian_2d(x0..x1, y0..y1)?;
     chart
         .configure_mesh()
-        .x_desc(record["x_label"].as_str().unwrap_or_default())
-        .y_desc(record["y_label"].as_str().unwrap_or_default())
+        .x_desc(&figure.x_label)
+        .y_desc(&figure.y_label)
         .x_label_formatter(&|v| label(*v, log_x, x1 - x0))
         .y_label_formatter(&|v| label(*v, log_y, y1 - y0))
         .label_style(("sans-serif", 14))
