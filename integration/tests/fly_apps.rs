@@ -182,6 +182,17 @@ fn commit_file(repo: &Path, name: &str, content: &str) {
     );
 }
 
+/// An upstream repository in `dir` with `first.txt` committed on main,
+/// and its `file://` URL.
+fn upstream_repo(dir: &Path) -> (PathBuf, String) {
+    let upstream = dir.join("upstream");
+    std::fs::create_dir(&upstream).expect("the upstream folder");
+    git(&upstream, &["init", "-q", "-b", "main"]);
+    commit_file(&upstream, "first.txt", "one\n");
+    let url = format!("file://{}", upstream.display());
+    (upstream, url)
+}
+
 fn store_sync(store: &Path, args: &[&str]) -> std::process::Output {
     Command::new(repo_root().join("fly/git-nfsd/store-sync"))
         .args(args)
@@ -195,17 +206,8 @@ fn store_sync(store: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn store_sync_keeps_a_live_store_current() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = dir.path().join("upstream");
-    std::fs::create_dir(&upstream).unwrap();
-    git(&upstream, &["init", "-q", "-b", "main"]);
-    commit_file(
-        &upstream,
-        "first.txt",
-        "one
-",
-    );
+    let (upstream, url) = upstream_repo(dir.path());
     let store = dir.path().join("store");
-    let url = format!("file://{}", upstream.display());
 
     let added = store_sync(&store, &["add", "org/app", &url]);
     assert!(
@@ -295,11 +297,7 @@ fn the_git_nfsd_entrypoint_waits_for_a_repository_serves_and_syncs() {
     use std::os::unix::process::CommandExt as _;
 
     let dir = tempfile::tempdir().unwrap();
-    let upstream = dir.path().join("upstream");
-    std::fs::create_dir(&upstream).unwrap();
-    git(&upstream, &["init", "-q", "-b", "main"]);
-    commit_file(&upstream, "first.txt", "one\n");
-    let url = format!("file://{}", upstream.display());
+    let (upstream, url) = upstream_repo(dir.path());
     let bin_dir = integration::workspace_bin("git-nfsd")
         .parent()
         .unwrap()
