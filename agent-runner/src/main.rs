@@ -1,5 +1,6 @@
 //! `agent-runner`: runs a coding agent in a pty behind MCP tools.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -281,7 +282,13 @@ async fn serve(
     if let (Some(listener), Some(local)) = (listener, local) {
         let app = http::router(runner.clone(), access, shutdown.clone());
         let stop = shutdown.clone();
-        println!("agent-runner listening on http://{local}");
+        // Not println!: a closed stdout (its reader gone) would panic here
+        // and take the runner down with it.
+        let _ = writeln!(
+            std::io::stdout(),
+            "agent-runner listening on http://{local}"
+        )
+        .and_then(|()| std::io::stdout().flush());
         tasks.spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -892,3 +892,52 @@ async fn an_agent_killed_by_the_oom_killer_is_reported_as_such() {
     let health = runner.healthz().await;
     assert_eq!(health["agent"]["exit"]["oom_killed"], true, "{health}");
 }
+
+/// A closed stdout (its reader gone before the listening line) does not
+/// take the runner down: it serves /healthz all the same.
+#[test]
+fn a_closed_stdout_does_not_stop_the_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = std::process::Command::new(integration::workspace_bin("agent-runner"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--command",
+        ])
+        .arg(repl_agent())
+        .arg("--capture-dir")
+        .arg(dir.path())
+        .env_remove("AGENT_RUNNER_TOKEN")
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read as _, Write as _};
+            let mut answer = String::new();
+            write!(stream, "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .and_then(|()| stream.read_to_string(&mut answer))
+                .expect("an answer to /healthz: the runner died after binding");
+            break answer;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "agent-runner exited");
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "agent-runner exited");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
