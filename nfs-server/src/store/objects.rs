@@ -348,18 +348,51 @@ impl BlobCache {
     }
 
     /// Reads the sizes of many blobs, for an index, and hands each to
-    /// `found` with its item: one repository handle for them all, without
-    /// its caches, and the packs looked at every [`CHECK_PACKS_EVERY`]
-    /// objects rather than before each (a look costs more than a header).
-    /// Nothing is collected, so a million files cost no extra memory. (On
-    /// threads of their own, a million headers grew the server by tens of
-    /// MiB more, in malloc arenas: one thread it is.)
-    pub fn sizes<T>(
+    /// `found` with its item: on every core (up to [`SIZE_THREADS`]), each
+    /// thread with one repository handle without caches, and the packs
+    /// looked at every [`CHECK_PACKS_EVERY`] objects rather than before each
+    /// (a look costs more than a header). Nothing is collected, so a million
+    /// files cost no extra memory.
+    pub fn sizes<T: Sync>(
         &self,
         repo: &Repo,
         items: &[T],
-        oid_of: impl Fn(&T) -> ObjectId,
-        found: impl Fn(&T, u64),
+        oid_of: impl Fn(&T) -> ObjectId + Sync,
+        found: impl Fn(&T, u64) + Sync,
+    ) -> Result<(), ObjectError> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(SIZE_THREADS)
+            .min(items.len().div_ceil(PARALLEL_FROM))
+            .max(1);
+        if threads == 1 {
+            return self.sizes_on_this_thread(repo, items, &oid_of, &found);
+        }
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = items
+                .chunks(items.len().div_ceil(threads))
+                .map(|part| {
+                    let (oid_of, found) = (&oid_of, &found);
+                    scope.spawn(move || self.sizes_on_this_thread(repo, part, oid_of, found))
+                })
+                .collect();
+            let mut result = Ok(());
+            for worker in workers {
+                match worker.join() {
+                    Ok(part) => result = result.and(part),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            result
+        })
+    }
+
+    fn sizes_on_this_thread<T>(
+        &self,
+        repo: &Repo,
+        items: &[T],
+        oid_of: &impl Fn(&T) -> ObjectId,
+        found: &impl Fn(&T, u64),
     ) -> Result<(), ObjectError> {
         // Headers need no decoded bases, so the handle keeps no caches.
         let mut git = repo.local();
@@ -380,6 +413,14 @@ impl BlobCache {
         Ok(())
     }
 }
+
+/// At most this many threads read one index's sizes: each costs a malloc
+/// arena and a repository handle, and a pack is read no faster by more.
+const SIZE_THREADS: usize = 2;
+
+/// Below this many objects per thread, [`BlobCache::sizes`] stays on fewer
+/// threads.
+const PARALLEL_FROM: usize = 4096;
 
 /// Object headers [`BlobCache::sizes`] reads between two looks at the
 /// pack files.
