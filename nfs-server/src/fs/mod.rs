@@ -307,12 +307,17 @@ impl Filesystem {
     pub fn mount(&self, raw_path: &[u8]) -> Result<NodeId, MountError> {
         let path = ExportPath::parse(raw_path)?;
         let components: Vec<&str> = path.repo.split('/').filter(|c| !c.is_empty()).collect();
-        let (repo, rev, commit, inside) = match (path.rev, &path.pin) {
+        let named_repo = || {
+            self.store
+                .repo_by_name(path.repo)
+                .ok_or_else(|| MountError::UnknownRepo(path.repo.to_owned()))
+        };
+        // HEAD's branch comes with the commit: a pinned branch is HEAD even
+        // if it no longer exists (the pin keeps what the worktree was made
+        // on); otherwise HEAD is a branch only if the revision names one.
+        let (repo, branch, commit, inside) = match (path.rev, &path.pin) {
             (Some(branch), Some(pin)) => {
-                let repo = self
-                    .store
-                    .repo_by_name(path.repo)
-                    .ok_or_else(|| MountError::UnknownRepo(path.repo.to_owned()))?;
+                let repo = named_repo()?;
                 let commit = repo.resolve(Some(pin.commit))?;
                 // A tag's id would peel to its commit: only a commit's own id pins.
                 if !commit.to_string().eq_ignore_ascii_case(pin.commit) {
@@ -338,13 +343,11 @@ impl Filesystem {
                     .or_else(|| longest(&|name| self.store.repo_by_name(name)))
                     .ok_or_else(|| MountError::UnknownRepo(path.repo.to_owned()))?;
                 let commit = repo.resolve(None)?;
-                (repo, None, commit, components[taken..].to_vec())
+                let branch = repo.branch_named_by(None);
+                (repo, branch, commit, components[taken..].to_vec())
             }
             (Some(rev), None) => {
-                let repo = self
-                    .store
-                    .repo_by_name(path.repo)
-                    .ok_or_else(|| MountError::UnknownRepo(path.repo.to_owned()))?;
+                let repo = named_repo()?;
                 let parts: Vec<&str> = rev.split('/').collect();
                 let mut first_error = None;
                 let mut found = None;
@@ -364,18 +367,14 @@ impl Filesystem {
                     }
                 }
                 match (found, first_error) {
-                    (Some((rev, commit, inside)), _) => (repo, Some(rev), commit, inside),
+                    (Some((rev, commit, inside)), _) => {
+                        let branch = repo.branch_named_by(Some(&rev));
+                        (repo, branch, commit, inside)
+                    }
                     (None, Some(e)) => return Err(e.into()),
                     (None, None) => return Err(MountError::UnknownRepo(path.repo.to_owned())),
                 }
             }
-        };
-        // A pinned branch is HEAD even if it no longer exists: the pin
-        // keeps what the worktree was made on.
-        let branch = if path.pin.is_some() {
-            rev
-        } else {
-            repo.branch_named_by(rev.as_deref())
         };
         // Load the tree now, so a broken tree fails the MOUNT, not a later call.
         let export = self.export(&repo, commit, head_key(branch.as_deref()), branch)?;
