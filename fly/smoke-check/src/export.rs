@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
+use crate::command;
+
 /// The export's name in the check's store.
 pub const REPO: &str = "puzzle";
 
@@ -39,21 +41,28 @@ pub struct Tools {
     pub mount_worktree: PathBuf,
 }
 
-/// A git-nfsd serving `store` on 127.0.0.1; killed when dropped.
+/// A git-nfsd serving `store` on 127.0.0.1, and how worktrees are made of
+/// its export; killed when dropped.
 pub struct Server {
     child: Child,
     addr: SocketAddr,
+    how: Worktrees,
+    tools: Tools,
 }
 
 impl Server {
-    /// Puts `origin` into a new store under `dir` as [`REPO`] and serves it.
-    pub fn start(git_nfsd: &Path, dir: &Path, origin: &Path) -> anyhow::Result<Self> {
+    /// Puts `origin` into a new store under `dir` as [`REPO`] and serves it;
+    /// its worktrees will be made `how`.
+    pub fn start(how: Worktrees, tools: Tools, dir: &Path, origin: &Path) -> anyhow::Result<Self> {
         let store = dir.join("store");
         std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
-        run(Command::new("git")
-            .args(["clone", "-q", "--bare"])
-            .arg(origin)
-            .arg(store.join(format!("{REPO}.git"))))?;
+        command::output(
+            Command::new("git")
+                .args(["clone", "-q", "--bare"])
+                .arg(origin)
+                .arg(store.join(format!("{REPO}.git"))),
+        )?;
+        let git_nfsd = &tools.git_nfsd;
         let mut child = Command::new(git_nfsd)
             .args(["serve", "--listen", "127.0.0.1:0", "--store"])
             .arg(&store)
@@ -76,7 +85,12 @@ impl Server {
         };
         // Drain the rest, so the server never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Ok(Self { child, addr })
+        Ok(Self {
+            child,
+            addr,
+            how,
+            tools,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -84,26 +98,22 @@ impl Server {
     }
 
     /// Makes a worktree of `REPO@rev` at `dir`.
-    pub fn worktree(
-        &self,
-        how: Worktrees,
-        tools: &Tools,
-        rev: &str,
-        dir: &Path,
-    ) -> anyhow::Result<Worktree> {
+    pub fn worktree(&self, rev: &str, dir: &Path) -> anyhow::Result<Worktree> {
         let export = format!("{REPO}@{rev}");
-        match how {
+        match self.how {
             Worktrees::Overlay => {
-                let upper = with_suffix(dir, ".upper");
-                run(Command::new(&tools.mount_worktree)
-                    .arg(self.addr.to_string())
-                    .arg(&export)
-                    .arg(dir)
-                    .arg("--upper")
-                    .arg(&upper))?;
+                let mount = &self.tools.mount_worktree;
+                command::output(
+                    Command::new(mount)
+                        .arg(self.addr.to_string())
+                        .arg(&export)
+                        .arg(dir)
+                        .arg("--upper")
+                        .arg(with_suffix(dir, ".upper")),
+                )?;
                 Ok(Worktree {
                     dir: dir.to_owned(),
-                    unmount: Some(tools.mount_worktree.with_file_name("umount-worktree")),
+                    unmount: Some(mount.with_file_name("umount-worktree")),
                 })
             }
             Worktrees::Libnfs => {
@@ -139,7 +149,7 @@ impl Worktree {
 impl Drop for Worktree {
     fn drop(&mut self) {
         if let Some(script) = &self.unmount
-            && let Err(e) = run(Command::new(script).arg(&self.dir))
+            && let Err(e) = command::output(Command::new(script).arg(&self.dir))
         {
             eprintln!("smoke-check: unmounting {}: {e:#}", self.dir.display());
         }
@@ -152,21 +162,6 @@ fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {:?}", command.get_program()))?;
-    if !output.status.success() {
-        bail!(
-            "{:?} failed ({}): {}",
-            command.get_program(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// `nfs-ls` and `nfs-cat` of an export path.
 fn nfs_url(server: SocketAddr, path: &str) -> String {
     let port = server.port();
@@ -177,17 +172,8 @@ fn nfs_url(server: SocketAddr, path: &str) -> String {
 }
 
 fn libnfs(tool: &str, url: &str) -> anyhow::Result<Vec<u8>> {
-    let output = Command::new(tool)
-        .arg(url)
-        .output()
-        .with_context(|| format!("running {tool} (Debian package libnfs-utils)"))?;
-    if !output.status.success() {
-        bail!(
-            "{tool} {url}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(output.stdout)
+    command::output(Command::new(tool).arg(url))
+        .with_context(|| format!("{tool} {url} (Debian package libnfs-utils)"))
 }
 
 /// Copies the export `path` into the new folder `dir`, one folder listing

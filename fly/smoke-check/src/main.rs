@@ -12,6 +12,7 @@
 //! Every failure names the step and exits 1.
 
 mod client;
+mod command;
 mod export;
 mod puzzle;
 mod runner_check;

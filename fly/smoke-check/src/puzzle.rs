@@ -18,6 +18,7 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 
 use crate::client::{call, connect, http_client, step, wait_for_turn};
+use crate::command;
 use crate::export::{Server, Tools, Worktrees};
 
 /// The repository, file by file.
@@ -94,22 +95,15 @@ const IDENTITY: [&str; 4] = [
 ];
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("git")
-        .args(IDENTITY)
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .context("running git")?;
-    if !output.status.success() {
-        bail!(
-            "git {} in {}: {}",
-            args.join(" "),
-            dir.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    let stdout = command::output(
+        Command::new("git")
+            .args(IDENTITY)
+            .arg("-C")
+            .arg(dir)
+            .args(args),
+    )
+    .with_context(|| format!("git {} in {}", args.join(" "), dir.display()))?;
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
 /// Whether `python3 -m unittest ARGS` passes in `dir`, and its report.
@@ -277,7 +271,12 @@ pub async fn run(options: &Options) -> anyhow::Result<bool> {
         started,
     );
 
-    let server = Server::start(&options.tools.git_nfsd, &options.work_dir, &origin)?;
+    let server = Server::start(
+        options.worktrees,
+        options.tools.clone(),
+        &options.work_dir,
+        &origin,
+    )?;
     step(&format!("git-nfsd serves it on {}", server.addr()), started);
     // Declared before the runners, so they are dropped (killed) first and
     // no agent's cwd is still in a worktree when it is unmounted.
@@ -286,7 +285,7 @@ pub async fn run(options: &Options) -> anyhow::Result<bool> {
     for index in 0..PARTS.len() {
         let dir = options.work_dir.join(format!("agent-{index}"));
         let worktree = server
-            .worktree(options.worktrees, &options.tools, &base, &dir)
+            .worktree(&base, &dir)
             .with_context(|| format!("agent {}'s worktree", index + 1))?;
         runners.push(Runner::start(options, index, worktree.path())?);
         worktrees.push(worktree);
@@ -314,12 +313,7 @@ pub async fn run(options: &Options) -> anyhow::Result<bool> {
     let patches = futures_util::future::join_all(solving).await;
 
     let final_worktree = server
-        .worktree(
-            options.worktrees,
-            &options.tools,
-            &base,
-            &options.work_dir.join("final"),
-        )
+        .worktree(&base, &options.work_dir.join("final"))
         .context("the worktree where every patch goes")?;
     let final_tree = final_worktree.path();
     let mut failed = Vec::new();
