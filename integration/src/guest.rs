@@ -63,6 +63,33 @@ impl GuestRun {
         self.file(&src.to_string_lossy(), dest)
     }
 
+    /// What the agent-runner image (`fly/agent-runner/Dockerfile`) has that
+    /// the base guest lacks: bash, the CA certificates (reqwest loads them
+    /// even to speak plain HTTP), `agent-runner` and `write-codex-config` in
+    /// /usr/local/bin, and the overlay scripts in /opt/overlay-scripts.
+    pub fn agent_runner_image(self) -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        self.program(Path::new("/bin/bash"), "bin/bash")
+            .file(
+                "/etc/ssl/certs/ca-certificates.crt",
+                "etc/ssl/certs/ca-certificates.crt",
+            )
+            .program(
+                &crate::workspace_bin("agent-runner"),
+                "usr/local/bin/agent-runner",
+            )
+            .file(
+                &root
+                    .join("fly/agent-runner/write-codex-config")
+                    .to_string_lossy(),
+                "usr/local/bin/write-codex-config",
+            )
+            .file(
+                &root.join("overlay-scripts").to_string_lossy(),
+                "opt/overlay-scripts",
+            )
+    }
+
     /// The host's `python3` with its standard library, less what a test
     /// never imports (the static libpython, tkinter, IDLE, ...): 25 MB
     /// instead of 54 MB of initramfs.

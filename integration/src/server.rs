@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 pub struct GitNfsd {
@@ -47,26 +47,11 @@ impl GitNfsd {
             .stderr(stderr)
             .spawn()
             .expect("starting git-nfsd");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut addr, mut metrics) = (None, None);
-        while addr.is_none() || metrics.is_none() {
-            let line = lines
-                .next()
-                .expect("git-nfsd exited before it was listening")
-                .expect("reading git-nfsd output");
-            if let Some(rest) = line.strip_prefix("git-nfsd listening on ") {
-                addr = rest.split(',').next().and_then(|a| a.parse().ok());
-            } else if let Some(rest) = line.strip_prefix("metrics at http://") {
-                metrics = rest.strip_suffix("/metrics").and_then(|a| a.parse().ok());
-            }
-        }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (addr, metrics) = addresses(child.stdout.take().expect("stdout piped"));
         Self {
             child,
-            addr: addr.expect("listen address"),
-            metrics: metrics.expect("metrics address"),
+            addr,
+            metrics,
         }
     }
 
@@ -124,4 +109,28 @@ impl Drop for GitNfsd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The NFS and metrics addresses a git-nfsd prints on `stdout` (its own,
+/// or a script's that runs it); the rest of the output is drained, as
+/// git-nfsd must never block on a full pipe.
+pub fn addresses(stdout: ChildStdout) -> (SocketAddr, SocketAddr) {
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut addr, mut metrics) = (None, None);
+    while addr.is_none() || metrics.is_none() {
+        let line = lines
+            .next()
+            .expect("git-nfsd exited before it was listening")
+            .expect("reading git-nfsd output");
+        if let Some(rest) = line.strip_prefix("git-nfsd listening on ") {
+            addr = rest.split(',').next().and_then(|a| a.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("metrics at http://") {
+            metrics = rest.strip_suffix("/metrics").and_then(|a| a.parse().ok());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (
+        addr.expect("listen address"),
+        metrics.expect("metrics address"),
+    )
 }

@@ -310,27 +310,14 @@ fn puzzle_in_plain_directories_read_through_libnfs_fails_and_names_the_agent_wit
 #[test]
 fn puzzle_in_overlay_worktrees_in_the_guest_passes_when_every_agent_fixes_its_bug() {
     let setup = CodexSetup::new(puzzle_script(RIGHT_DATES_FIX));
-    let fly = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fly/agent-runner");
-    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlay-scripts");
     let mut guest = integration::guest::GuestRun::new()
         .timeout(1800)
         .memory(3072)
         .env("mockport", setup.mock.port)
+        .agent_runner_image()
         .python3()
-        .program(std::path::Path::new("/bin/bash"), "bin/bash")
-        .program(&codex_bin(), "usr/local/bin/codex")
-        .file(&scripts.to_string_lossy(), "opt/overlay-scripts")
-        // The image's ca-certificates: the HTTP clients load them even to
-        // speak plain HTTP.
-        .file(
-            "/etc/ssl/certs/ca-certificates.crt",
-            "etc/ssl/certs/ca-certificates.crt",
-        )
-        .file(
-            &fly.join("write-codex-config").to_string_lossy(),
-            "usr/local/bin/write-codex-config",
-        );
-    for bin in ["smoke-check", "agent-runner", "git-nfsd"] {
+        .program(&codex_bin(), "usr/local/bin/codex");
+    for bin in ["smoke-check", "git-nfsd"] {
         guest = guest.program(
             &integration::workspace_bin(bin),
             &format!("usr/local/bin/{bin}"),

@@ -293,7 +293,7 @@ fn store_sync_keeps_a_live_store_current() {
 /// upstream commits to new mounts; `STORE_REPOS` seeds a fresh store.
 #[test]
 fn the_git_nfsd_entrypoint_waits_for_a_repository_serves_and_syncs() {
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead as _, BufReader};
     use std::os::unix::process::CommandExt as _;
 
     let dir = tempfile::tempdir().unwrap();
@@ -331,17 +331,8 @@ fn the_git_nfsd_entrypoint_waits_for_a_repository_serves_and_syncs() {
             let _ = self.0.wait();
         }
     }
-    let listening = |child: &mut std::process::Child| -> std::net::SocketAddr {
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("git-nfsd listening on ") {
-                // Keep reading: git-nfsd dies of a closed stdout.
-                std::thread::spawn(move || lines.for_each(drop));
-                return rest.split(',').next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("the entrypoint ended before git-nfsd listened");
+    let listening = |child: &mut std::process::Child| {
+        integration::server::addresses(child.stdout.take().expect("stdout piped")).0
     };
 
     // A fresh volume: nothing to serve until a repository is added.

@@ -19,7 +19,6 @@ fn the_agent_entrypoint_mounts_pins_and_reattaches_the_worktree() {
     let main = String::from_utf8(git(&store.join("app.git"), &["rev-parse", "main"])).unwrap();
     let server = GitNfsd::start(store);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fly = root.join("fly/agent-runner");
     let script = format!(
         "MAIN={}\n{}",
         main.trim(),
@@ -27,26 +26,10 @@ fn the_agent_entrypoint_mounts_pins_and_reattaches_the_worktree() {
     );
     let console = GuestRun::new()
         .env("nfsport", server.port())
+        .agent_runner_image()
         .file(
-            &root.join("overlay-scripts").to_string_lossy(),
-            "opt/overlay-scripts",
-        )
-        .file(
-            &fly.join("entrypoint").to_string_lossy(),
+            &root.join("fly/agent-runner/entrypoint").to_string_lossy(),
             "usr/local/bin/entrypoint",
-        )
-        .file(
-            &fly.join("write-codex-config").to_string_lossy(),
-            "usr/local/bin/write-codex-config",
-        )
-        .file(
-            "/etc/ssl/certs/ca-certificates.crt",
-            "etc/ssl/certs/ca-certificates.crt",
-        )
-        .program(Path::new("/bin/bash"), "bin/bash")
-        .program(
-            &integration::workspace_bin("agent-runner"),
-            "usr/local/bin/agent-runner",
         )
         .run(&script);
     assert_all_checks_passed(
