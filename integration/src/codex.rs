@@ -91,3 +91,36 @@ impl Drop for MockResponses {
         let _ = self.child.wait();
     }
 }
+
+/// One agent's scripted work in the puzzle: a shell call that edits and
+/// commits, then a final message. `match` is the failing test it was given.
+fn puzzle_agent(test: &str, edit: &str) -> serde_json::Value {
+    let commit = "git -c user.name=agent -c user.email=agent@example.invalid commit -qam";
+    serde_json::json!({
+        "match": test,
+        "responses": [
+            [{"shell": ["bash", "-lc", format!("{edit} && {commit} 'Fix {test}'")]}],
+            [{"message": format!("Fixed {test}.")}],
+        ],
+    })
+}
+
+/// The mock's script for the smoke check's puzzle (`mock-responses.py`
+/// `conversations`, one per agent, matched by its failing test): the agents of the prices and text
+/// tests fix theirs, the dates agent runs `dates_fix`.
+pub fn puzzle_script(dates_fix: &str) -> serde_json::Value {
+    serde_json::json!({"conversations": [
+        puzzle_agent(
+            "tests/test_prices.py",
+            "sed -i 's/price + quantity/price * quantity/' shop/prices.py",
+        ),
+        puzzle_agent(
+            "tests/test_text.py",
+            "sed -i 's/\"_\".join/\"-\".join/' shop/text.py",
+        ),
+        puzzle_agent("tests/test_dates.py", dates_fix),
+    ]})
+}
+
+/// The dates agent's right fix.
+pub const RIGHT_DATES_FIX: &str = "sed -i 's/return year % 4 == 0$/return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)/' shop/dates.py";

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use integration::codex::{MockResponses, codex_bin, write_codex_home};
+use integration::codex::{
+    MockResponses, RIGHT_DATES_FIX, codex_bin, puzzle_script, write_codex_home,
+};
 use integration::runner::{AgentRunner, process_state};
 use serde_json::json;
 
@@ -206,37 +208,6 @@ async fn smoke_check_passes_with_codex() {
     );
 }
 
-/// One agent's scripted work in the puzzle: a shell call that edits and
-/// commits, then a final message. `match` is the failing test it was given.
-fn puzzle_agent(test: &str, edit: &str) -> serde_json::Value {
-    let commit = "git -c user.name=agent -c user.email=agent@example.invalid commit -qam";
-    json!({
-        "match": test,
-        "responses": [
-            [{"shell": ["bash", "-lc", format!("{edit} && {commit} 'Fix {test}'")]}],
-            [{"message": format!("Fixed {test}.")}],
-        ],
-    })
-}
-
-/// The mock's script for the puzzle: the agents of the prices and text
-/// tests fix theirs, the dates agent runs `dates_fix`.
-fn puzzle_script(dates_fix: &str) -> serde_json::Value {
-    json!({"conversations": [
-        puzzle_agent(
-            "tests/test_prices.py",
-            "sed -i 's/price + quantity/price * quantity/' shop/prices.py",
-        ),
-        puzzle_agent(
-            "tests/test_text.py",
-            "sed -i 's/\"_\".join/\"-\".join/' shop/text.py",
-        ),
-        puzzle_agent("tests/test_dates.py", dates_fix),
-    ]})
-}
-
-const RIGHT_DATES_FIX: &str = "sed -i 's/return year % 4 == 0$/return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)/' shop/dates.py";
-
 fn run_puzzle(dates_fix: &str) -> (bool, String) {
     let setup = CodexSetup::new(puzzle_script(dates_fix));
     let output = std::process::Command::new(integration::workspace_bin("smoke-check"))
@@ -273,7 +244,7 @@ fn run_puzzle(dates_fix: &str) -> (bool, String) {
 /// agents, each in its own worktree of the check's git-nfsd export, fix one
 /// bug each. The worktrees are plain folders copied out of the export
 /// through libnfs, as this machine's kernel has no NFS client; the QEMU
-/// guest runs the overlay variant (`puzzle_in_overlay_worktrees_...`).
+/// guest runs the overlay variant (`kernel_smoke_check.rs`).
 #[test]
 fn puzzle_in_plain_directories_read_through_libnfs_passes_when_every_agent_fixes_its_bug() {
     let (passed, log) = run_puzzle(RIGHT_DATES_FIX);
@@ -301,53 +272,3 @@ fn puzzle_in_plain_directories_read_through_libnfs_fails_and_names_the_agent_wit
     assert!(!log.contains("agent 1 (tests/test_prices.py)"), "{log}");
     assert!(!log.contains("agent 2 (tests/test_text.py)"), "{log}");
 }
-
-/// The check as Fly runs it, in the QEMU guest: the smoke check, its
-/// git-nfsd on the guest's 127.0.0.1, three agent-runners with the real
-/// codex, each agent in an overlay worktree of the one export mounted with
-/// the kernel's NFS client (`mount-worktree`), and a fourth worktree where
-/// all their patches go. Only the mock model stays on the host (10.0.2.2).
-#[test]
-fn puzzle_in_overlay_worktrees_in_the_guest_passes_when_every_agent_fixes_its_bug() {
-    let setup = CodexSetup::new(puzzle_script(RIGHT_DATES_FIX));
-    let mut guest = integration::guest::GuestRun::new()
-        .timeout(1800)
-        .memory(3072)
-        .env("mockport", setup.mock.port)
-        .agent_runner_image()
-        .python3()
-        .program(&codex_bin(), "usr/local/bin/codex");
-    for bin in ["smoke-check", "git-nfsd"] {
-        guest = guest.program(
-            &integration::workspace_bin(bin),
-            &format!("usr/local/bin/{bin}"),
-        );
-    }
-    let console = guest.run(GUEST_PUZZLE);
-    assert!(
-        console.contains("3 worktrees of one export (Overlay)"),
-        "the agents' worktrees were not overlay mounts"
-    );
-    for n in 1..=3 {
-        assert!(console.contains(&format!("agent {n} finished its turn")));
-    }
-    assert!(console.contains("Ran 7 tests"), "the suite did not run");
-    assert!(console.contains("smoke-check: ok"));
-    assert!(console.contains("PASS: every worktree unmounted"));
-}
-
-const GUEST_PUZZLE: &str = r#"
-set -eu
-export CODEX_MODEL=mock-model CODEX_API_KEY_ENV=
-export CODEX_PROVIDER_URL="http://10.0.2.2:$GUEST_MOCKPORT/v1"
-smoke-check puzzle --worktrees overlay --timeout 900 \
-    --git-nfsd /usr/local/bin/git-nfsd \
-    --mount-worktree /opt/overlay-scripts/mount-worktree \
-    --runner /usr/local/bin/agent-runner --agent /usr/local/bin/codex \
-    --codex-config /usr/local/bin/write-codex-config --work-dir /tmp/puzzle
-# Neither an overlay nor a shared NFS lower outlives the check.
-if grep -E ' /tmp/puzzle/| nfs ' /proc/mounts; then
-    echo "FAIL: every worktree unmounted"; exit 1
-fi
-echo "PASS: every worktree unmounted"
-"#;
