@@ -288,11 +288,13 @@ fn store_sync_keeps_a_live_store_current() {
     );
 }
 
-/// The git-nfsd image's entrypoint on the host: on an empty volume it waits
-/// for a repository, then serves the store, and its sync loop brings new
-/// upstream commits to new mounts; `STORE_REPOS` seeds a fresh store.
+/// The git-nfsd image's entrypoint on the host: on an empty volume it
+/// serves at once (Fly's TCP health check must find the port open before
+/// anything is in the store) and finds a repository added later, its sync
+/// loop brings new upstream commits to new mounts; `STORE_REPOS` seeds a
+/// fresh store.
 #[test]
-fn the_git_nfsd_entrypoint_waits_for_a_repository_serves_and_syncs() {
+fn the_git_nfsd_entrypoint_serves_an_empty_store_at_once_and_syncs() {
     use std::io::{BufRead as _, BufReader};
     use std::os::unix::process::CommandExt as _;
 
@@ -335,17 +337,30 @@ fn the_git_nfsd_entrypoint_waits_for_a_repository_serves_and_syncs() {
         integration::server::addresses(child.stdout.take().expect("stdout piped")).0
     };
 
-    // A fresh volume: nothing to serve until a repository is added.
+    // A fresh volume: the port is open (what the health check sees), the
+    // log says how to add a repository, and a MOUNT says it is unknown.
     let store = dir.path().join("empty-store");
     let mut child = Group(start(&store, ""));
     let mut stderr = BufReader::new(child.0.stderr.take().unwrap()).lines();
     let first = stderr.next().unwrap().unwrap();
     assert!(first.contains("is empty; add a repository"), "{first}");
     std::thread::spawn(move || stderr.for_each(drop));
-    assert!(store_sync(&store, &["add", "app", &url]).status.success());
     let addr = listening(&mut child.0);
     let mut c = integration::client::RpcClient::connect(addr);
-    let root = c.mount("/app@main").expect("mount after the add");
+    assert!(c.mount("/app@main").is_err(), "nothing is in the store yet");
+    assert!(store_sync(&store, &["add", "app", &url]).status.success());
+    // The store is rescanned for an unknown name at most once a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let root = loop {
+        match c.mount("/app@main") {
+            Ok(root) => break root,
+            Err(error) => assert!(
+                std::time::Instant::now() < deadline,
+                "the added repository never mounted: {error:?}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let first = c.walk(&root, "first.txt").unwrap();
     assert_eq!(c.read_all(&first, 4096).unwrap(), b"one\n");
 

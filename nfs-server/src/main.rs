@@ -163,6 +163,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let store = Arc::new(store);
+    if let (Some(dir), true) = (&args.store, store.index().is_empty()) {
+        tracing::warn!(
+            store = %dir.display(),
+            "the store holds no repository yet (expected NAME.git or NAME/.git); \
+             repositories added later are found on their first MOUNT"
+        );
+    }
     let exports: Vec<String> = store.index().names().map(|n| format!("/{n}")).collect();
     let metrics = Arc::new(Metrics::new());
     let spill_dir = args.spill_dir.clone().unwrap_or_else(std::env::temp_dir);

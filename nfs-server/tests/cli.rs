@@ -57,7 +57,7 @@ fn bad_flags_are_clear_errors() {
 }
 
 #[test]
-fn missing_and_empty_stores_are_clear_errors() {
+fn a_missing_store_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("missing");
     let out = git_nfsd()
@@ -69,16 +69,36 @@ fn missing_and_empty_stores_are_clear_errors() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not exist"), "{err}");
+}
 
-    let out = git_nfsd()
-        .arg("serve")
-        .arg("--store")
+/// A fresh volume holds no repository yet: the server listens anyway (a
+/// health check must see it up) and says why nothing mounts.
+#[test]
+fn an_empty_store_is_served_with_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = git_nfsd()
+        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
         .arg(dir.path())
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut banner = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut banner)
+        .expect("banner");
+    let listening = banner.contains("listening on 127.0.0.1:") && banner.contains("0 repositories");
+    let addr = banner
+        .split_whitespace()
+        .find_map(|word| word.trim_end_matches(',').parse::<std::net::SocketAddr>().ok());
+    let connected = addr.map(std::net::TcpStream::connect);
+    child.kill().ok();
+    let out = child.wait_with_output().expect("wait");
+    assert!(listening, "{banner}");
+    assert!(matches!(connected, Some(Ok(_))), "{banner}: {connected:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("holds no git repository"), "{err}");
+    assert!(err.contains("holds no repository yet"), "{err}");
 }
 
 #[test]

@@ -338,13 +338,13 @@ pub struct Store {
 const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Store {
-    /// Opens a store directory; fails when it is missing or holds no repository.
+    /// Opens a store directory; fails when it is missing. An empty store
+    /// opens: repositories added later are found on their first MOUNT, so a
+    /// server on a fresh volume can listen (and pass its health checks)
+    /// before anything is in it.
     pub fn open_dir(root: &Path) -> Result<Self, ScanError> {
         let source = Source::Directory(root.to_path_buf());
         let index = scan::scan(root)?;
-        if index.is_empty() {
-            return Err(ScanError::Empty(root.to_path_buf()));
-        }
         Ok(Self::with_index(source, index))
     }
 

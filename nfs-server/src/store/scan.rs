@@ -21,8 +21,6 @@ const MAX_DEPTH: usize = 16;
 pub enum ScanError {
     #[error("store directory {0} does not exist or is not a directory")]
     NotADirectory(PathBuf),
-    #[error("store directory {0} holds no git repository (expected NAME.git or NAME/.git)")]
-    Empty(PathBuf),
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
