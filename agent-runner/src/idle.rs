@@ -34,7 +34,20 @@ pub enum IdleAction {
     Stop,
 }
 
+/// Fly suspends only machines with at most this much memory; a suspend of a
+/// larger one is refused, and would be asked for again every idle period.
+pub const FLY_SUSPEND_MAX_MEMORY_MB: u64 = 2048;
+
 impl IdleAction {
+    /// The action a machine of `memory_mb` (Fly's `FLY_VM_MEMORY_MB`) can
+    /// take: suspend becomes stop above [`FLY_SUSPEND_MAX_MEMORY_MB`].
+    pub fn for_memory(self, memory_mb: Option<u64>) -> Self {
+        match (self, memory_mb) {
+            (Self::Suspend, Some(mb)) if mb > FLY_SUSPEND_MAX_MEMORY_MB => Self::Stop,
+            (action, _) => action,
+        }
+    }
+
     fn verb(self) -> &'static str {
         match self {
             Self::Suspend => "suspend",
@@ -192,5 +205,21 @@ pub async fn run(runner: Arc<Runner>, policy: IdlePolicy, shutdown: Cancellation
         // Whether it worked (and we are resuming now) or not, wait a whole
         // idle period before asking again.
         idle_since = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machines_too_large_to_suspend_stop() {
+        assert_eq!(
+            IdleAction::Suspend.for_memory(Some(2048)),
+            IdleAction::Suspend
+        );
+        assert_eq!(IdleAction::Suspend.for_memory(None), IdleAction::Suspend);
+        assert_eq!(IdleAction::Suspend.for_memory(Some(4096)), IdleAction::Stop);
+        assert_eq!(IdleAction::Stop.for_memory(Some(256)), IdleAction::Stop);
     }
 }

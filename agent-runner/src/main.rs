@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use agent_runner::http::{self, Access};
-use agent_runner::idle::{self, IdleAction, IdlePolicy, MachineApi};
+use agent_runner::idle::{self, FLY_SUSPEND_MAX_MEMORY_MB, IdleAction, IdlePolicy, MachineApi};
 use agent_runner::mcp::RunnerTools;
 use agent_runner::runner::{Config, Runner};
 
@@ -97,8 +97,15 @@ struct HttpArgs {
     token: Option<String>,
     /// A Host header value to accept besides the defaults (loopback, this
     /// machine's addresses and name, and on Fly `<app>.flycast`,
-    /// `<app>.internal`, `<machine>.vm.<app>.internal`). Repeatable.
-    #[arg(long = "allowed-host")]
+    /// `<app>.internal`, `<machine>.vm.<app>.internal`). Repeatable; the
+    /// variable takes a comma-separated list. Requests a coordinator
+    /// replays keep the Host they were sent to it with, so its names go
+    /// here (the coordinator sets the variable on the machines it makes).
+    #[arg(
+        long = "allowed-host",
+        env = "AGENT_RUNNER_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
     allowed_hosts: Vec<String>,
     /// Accept any Host header (only behind a proxy that checks it).
     #[arg(long)]
@@ -154,9 +161,20 @@ impl IdleArgs {
                 "--idle-after needs FLY_APP_NAME and FLY_MACHINE_ID (set on every Fly machine)"
             );
         };
+        let memory_mb = std::env::var("FLY_VM_MEMORY_MB")
+            .ok()
+            .and_then(|mb| mb.trim().parse().ok());
+        let action = self.idle_action.for_memory(memory_mb);
+        if action != self.idle_action {
+            tracing::warn!(
+                memory_mb,
+                "Fly suspends only machines of at most {FLY_SUSPEND_MAX_MEMORY_MB} MB: \
+                 this one will be stopped when idle instead"
+            );
+        }
         Ok(Some(IdlePolicy {
             after: Duration::from_secs(after),
-            action: self.idle_action,
+            action,
             api: MachineApi {
                 socket: self.machines_api_socket.clone(),
                 app,

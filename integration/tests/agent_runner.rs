@@ -523,6 +523,27 @@ async fn token_and_host_are_checked() {
         404,
         "allowed host reaches /live (no session yet)"
     );
+
+    // The names a coordinator sets on its machines: a request it had the
+    // proxy replay keeps the Host it was sent to the coordinator with.
+    let replayed_dir = tempfile::tempdir().unwrap();
+    let replayed = AgentRunner::start_with_env(
+        &repl_agent(),
+        replayed_dir.path(),
+        &[],
+        &[("AGENT_RUNNER_ALLOWED_HOSTS", "coord.flycast,coord.internal")],
+    );
+    for host in ["coord.flycast", "coord.internal:80"] {
+        let response = reqwest::Client::new()
+            .get(replayed.url("/screen"))
+            .header("host", host)
+            .header("fly-replay-src", "instance=c1;region=ams;t=1;state=")
+            .send()
+            .await
+            .unwrap();
+        // Past the Host check (403): no session has started yet.
+        assert_eq!(response.status(), 404, "{host}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

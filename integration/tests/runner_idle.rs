@@ -58,6 +58,11 @@ fn fake_machines_api(socket: &Path) -> Calls {
 }
 
 fn start_runner(dir: &Path, socket: &Path, action: &str) -> AgentRunner {
+    start_runner_of(dir, socket, action, "2048")
+}
+
+/// A runner on a Fly machine of `memory_mb` (Fly's `FLY_VM_MEMORY_MB`).
+fn start_runner_of(dir: &Path, socket: &Path, action: &str, memory_mb: &str) -> AgentRunner {
     // The ids Fly sets on every machine.
     AgentRunner::start_with_env(
         &repl_agent(),
@@ -72,7 +77,11 @@ fn start_runner(dir: &Path, socket: &Path, action: &str) -> AgentRunner {
             "--machines-api-socket",
             socket.to_str().expect("UTF-8 socket path"),
         ],
-        &[("FLY_APP_NAME", "agents"), ("FLY_MACHINE_ID", "m-1")],
+        &[
+            ("FLY_APP_NAME", "agents"),
+            ("FLY_MACHINE_ID", "m-1"),
+            ("FLY_VM_MEMORY_MB", memory_mb),
+        ],
     )
 }
 
@@ -158,6 +167,19 @@ async fn stop_action_and_configuration_errors() {
     let socket = dir.path().join("api.sock");
     let calls = fake_machines_api(&socket);
     let _runner = start_runner(dir.path(), &socket, "stop");
+    wait_for_call(&calls, Duration::from_secs(20)).await;
+    assert_eq!(
+        calls.lock().unwrap()[0].0,
+        "POST /v1/apps/agents/machines/m-1/stop HTTP/1.1"
+    );
+
+    // Fly refuses to suspend a machine of more than 2 GB: one that large is
+    // stopped instead of being asked to suspend forever.
+    let socket = dir.path().join("large.sock");
+    let calls = fake_machines_api(&socket);
+    let large = dir.path().join("large");
+    std::fs::create_dir(&large).unwrap();
+    let _runner = start_runner_of(&large, &socket, "suspend", "4096");
     wait_for_call(&calls, Duration::from_secs(20)).await;
     assert_eq!(
         calls.lock().unwrap()[0].0,
