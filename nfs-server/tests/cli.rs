@@ -89,9 +89,11 @@ fn an_empty_store_is_served_with_a_warning() {
         .read_line(&mut banner)
         .expect("banner");
     let listening = banner.contains("listening on 127.0.0.1:") && banner.contains("0 repositories");
-    let addr = banner
-        .split_whitespace()
-        .find_map(|word| word.trim_end_matches(',').parse::<std::net::SocketAddr>().ok());
+    let addr = banner.split_whitespace().find_map(|word| {
+        word.trim_end_matches(',')
+            .parse::<std::net::SocketAddr>()
+            .ok()
+    });
     let connected = addr.map(std::net::TcpStream::connect);
     child.kill().ok();
     let out = child.wait_with_output().expect("wait");

@@ -48,6 +48,12 @@ pub const ENV_MODE: &str = "WORKTREE_MODE";
 /// Runner environment: whose work this is (keys the upper dir on the
 /// volume, so a reused machine never shows one agent another's changes).
 pub const ENV_AGENT: &str = "AGENT_NAME";
+/// Runner environment: `suspend` or `stop`, what the runner does to its
+/// machine when the agent is idle.
+pub const ENV_IDLE_ACTION: &str = "AGENT_RUNNER_IDLE_ACTION";
+/// Fly suspends only machines with at most this much memory; larger ones
+/// are told to stop when idle, or the runner would ask forever.
+pub const SUSPEND_MAX_MEMORY_MB: u32 = 2048;
 
 /// How often a machine in transition (stopping, suspending, ...) is looked
 /// at again before it can be started.
@@ -274,6 +280,8 @@ pub struct AgentView {
     pub cpus: Option<u32>,
     pub memory_mb: Option<u32>,
     pub volume: Option<String>,
+    /// The image the machine runs.
+    pub image: Option<String>,
 }
 
 impl AgentView {
@@ -293,6 +301,7 @@ impl AgentView {
             volume: config
                 .and_then(|c| c.mounts.first())
                 .map(|m| m.volume.clone()),
+            image: config.map(|c| c.image.clone()).filter(|i| !i.is_empty()),
         }
     }
 }
@@ -309,6 +318,16 @@ pub enum AgentError {
     InvalidRequest(String),
     #[error("no agent named {0}: create it with PUT /agents/{0}")]
     NotFound(AgentName),
+    #[error(
+        "agent {agent}'s worktree is {current}: its changes were made over that commit, so it \
+         cannot become {asked}; give the new worktree another agent name, or release {agent} \
+         first (DELETE /agents/{agent}; its work stays on its machine's volume)"
+    )]
+    RepoPinned {
+        agent: AgentName,
+        current: String,
+        asked: String,
+    },
     #[error("agent {agent}'s machine {machine} is {state} and cannot serve requests")]
     Unavailable {
         agent: AgentName,
@@ -391,6 +410,18 @@ impl Agents {
                     agent: agent.clone(),
                     machine: machine.id.clone(),
                 })?;
+            // The runner pins the worktree at its first mount and lays the
+            // agent's changes over exactly that commit; another repository
+            // or revision would crash-loop its entrypoint.
+            if let Some(current) = machine.metadata(META_REPO)
+                && current != repo.as_str()
+            {
+                return Err(AgentError::RepoPinned {
+                    agent: agent.clone(),
+                    current: current.to_owned(),
+                    asked: repo.as_str().to_owned(),
+                });
+            }
             // Fields the request leaves out keep the machine's current value.
             let size = match Size::of(config.guest.as_ref()) {
                 Some(current) => request.size_over(current)?,
@@ -669,6 +700,14 @@ impl Agents {
             .env
             .insert(ENV_MODE.to_owned(), mode.as_str().to_owned());
         config.env.insert(ENV_AGENT.to_owned(), agent.to_string());
+        if size.memory_mb > SUSPEND_MAX_MEMORY_MB {
+            config
+                .env
+                .insert(ENV_IDLE_ACTION.to_owned(), "stop".to_owned());
+        } else if !self.runner.extra_env.contains_key(ENV_IDLE_ACTION) {
+            // Back under the limit: the runner's own default (suspend).
+            config.env.remove(ENV_IDLE_ACTION);
+        }
         config
             .metadata
             .insert(META_AGENT.to_owned(), agent.to_string());

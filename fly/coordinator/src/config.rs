@@ -1,10 +1,15 @@
 //! The coordinator's configuration: the command line and the environment,
 //! checked once at startup into a [`Config`].
 //!
-//! The Fly API token is read from `FLY_API_TOKEN` or from `--token-file`,
-//! never from the command line (where `ps` would show it), and is held in a
+//! Two credentials, each read from the environment or from a file, never
+//! from the command line (where `ps` would show them), and each held in a
 //! [`Secret`] whose `Debug` output is redacted, so no log line or error
-//! message that prints the configuration can leak it.
+//! message that prints the configuration can leak them: the Fly API token
+//! the coordinator sends to the Machines API (`FLY_API_TOKEN`,
+//! `--token-file`), and the token management calls must bring
+//! (`COORDINATOR_TOKEN`, `--admin-token-file`). Without the second anyone on
+//! the private network (or the internet, while a first deploy still has a
+//! public address) could create machines.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,7 +60,9 @@ impl fmt::Debug for Secret {
     about = "Routes requests for a named agent to its Fly Machine, waking it first",
     after_help = "The Fly API token comes from FLY_API_TOKEN or --token-file, never from the \
                   command line. A deploy token for the runner app is enough: \
-                  fly tokens create deploy -a RUNNER_APP"
+                  fly tokens create deploy -a RUNNER_APP. Management calls (PUT, GET and \
+                  DELETE /agents/NAME) need Authorization: Bearer with COORDINATOR_TOKEN \
+                  (or --admin-token-file); routed requests are checked by the runner."
 )]
 pub struct Cli {
     /// The Fly app whose machines run agent-runner.
@@ -71,6 +78,16 @@ pub struct Cli {
     /// A file holding the Fly API token; takes precedence over FLY_API_TOKEN.
     #[arg(long, env = "FLY_API_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// A file holding the token management calls must bring; takes
+    /// precedence over COORDINATOR_TOKEN.
+    #[arg(long, env = "COORDINATOR_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The coordinator's own Fly app (Fly sets FLY_APP_NAME). Requests it
+    /// replays reach the runner with the Host they were sent with,
+    /// `APP.flycast` or `APP.internal`, so the runner is told to accept
+    /// those names.
+    #[arg(long, env = "FLY_APP_NAME")]
+    pub app_name: Option<String>,
     /// Address to listen on; `[::]` accepts IPv6 (Flycast, 6PN) and IPv4.
     #[arg(long, env = "COORDINATOR_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -128,6 +145,28 @@ pub struct Cli {
     pub retry_cap_ms: u64,
 }
 
+/// The credentials the environment holds, read once by `main` (a value so
+/// tests need not touch the process environment).
+#[derive(Debug, Default, Clone)]
+pub struct EnvSecrets {
+    /// `FLY_API_TOKEN`.
+    pub fly_api_token: Option<String>,
+    /// `COORDINATOR_TOKEN`.
+    pub admin_token: Option<String>,
+}
+
+impl EnvSecrets {
+    pub fn from_process() -> Self {
+        Self {
+            fly_api_token: std::env::var("FLY_API_TOKEN").ok(),
+            admin_token: std::env::var("COORDINATOR_TOKEN").ok(),
+        }
+    }
+}
+
+/// The runner's variable listing the extra Host names it accepts.
+pub const ENV_RUNNER_ALLOWED_HOSTS: &str = "AGENT_RUNNER_ALLOWED_HOSTS";
+
 /// Everything the coordinator needs, checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -135,6 +174,8 @@ pub struct Config {
     pub api_base: Url,
     pub runner_app: String,
     pub token: Secret,
+    /// What management calls must bring as `Authorization: Bearer`.
+    pub admin_token: Secret,
     pub backoff: Backoff,
     pub runner: RunnerSettings,
     pub timeouts: Timeouts,
@@ -146,6 +187,12 @@ pub struct Config {
 pub enum ConfigError {
     #[error("no Fly API token: set FLY_API_TOKEN or pass --token-file")]
     NoToken,
+    #[error(
+        "no management token: set COORDINATOR_TOKEN (fly secrets set COORDINATOR_TOKEN=...) \
+         or pass --admin-token-file; without one anyone who reaches the coordinator could \
+         create machines"
+    )]
+    NoAdminToken,
     #[error("cannot read the token file {path}: {source}")]
     TokenFile {
         path: PathBuf,
@@ -163,27 +210,12 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Checks the command line; `env_token` is `FLY_API_TOKEN`'s value (a
-    /// parameter so tests need not touch the process environment).
-    pub fn from_cli(cli: Cli, env_token: Option<String>) -> Result<Self, ConfigError> {
-        let token = match &cli.token_file {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
-                        path: path.clone(),
-                        source,
-                    })?;
-                let token = text.trim();
-                if token.is_empty() {
-                    return Err(ConfigError::EmptyTokenFile(path.clone()));
-                }
-                Secret::new(token)
-            }
-            None => match env_token.map(|t| t.trim().to_owned()) {
-                Some(token) if !token.is_empty() => Secret::new(token),
-                _ => return Err(ConfigError::NoToken),
-            },
-        };
+    /// Checks the command line and the credentials.
+    pub fn from_cli(cli: Cli, secrets: EnvSecrets) -> Result<Self, ConfigError> {
+        let token = read_secret(cli.token_file.as_deref(), secrets.fly_api_token)?
+            .ok_or(ConfigError::NoToken)?;
+        let admin_token = read_secret(cli.admin_token_file.as_deref(), secrets.admin_token)?
+            .ok_or(ConfigError::NoAdminToken)?;
         // The app name goes into Machines API paths and the fly-replay header.
         check(
             "runner app",
@@ -246,6 +278,25 @@ impl Config {
             )?;
             extra_env.insert(key, value);
         }
+        if let Some(app) = cli.app_name.filter(|app| !app.is_empty()) {
+            check(
+                "coordinator app",
+                &app,
+                is_app_name(&app),
+                "use 1 to 63 of a-z, 0-9 and '-'",
+            )?;
+            let hosts = extra_env
+                .entry(ENV_RUNNER_ALLOWED_HOSTS.to_owned())
+                .or_default();
+            for name in [format!("{app}.flycast"), format!("{app}.internal")] {
+                if !hosts.split(',').any(|host| host == name) {
+                    if !hosts.is_empty() {
+                        hosts.push(',');
+                    }
+                    hosts.push_str(&name);
+                }
+            }
+        }
         check(
             "wake timeout",
             &cli.wake_timeout_secs.to_string(),
@@ -263,6 +314,7 @@ impl Config {
             api_base: cli.api_base,
             runner_app: cli.runner_app,
             token,
+            admin_token,
             backoff: Backoff {
                 retries: cli.api_retries,
                 base: Duration::from_millis(cli.retry_base_ms),
@@ -284,6 +336,31 @@ impl Config {
                 api: Duration::from_secs(cli.api_timeout_secs),
             },
         })
+    }
+}
+
+/// A credential from its file if one is named, else from the environment;
+/// `None` when neither holds one. Surrounding whitespace is not part of it.
+fn read_secret(
+    file: Option<&std::path::Path>,
+    env: Option<String>,
+) -> Result<Option<Secret>, ConfigError> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(ConfigError::EmptyTokenFile(path.to_path_buf()));
+            }
+            Ok(Some(Secret::new(token)))
+        }
+        None => Ok(env
+            .map(|token| token.trim().to_owned())
+            .filter(|token| !token.is_empty())
+            .map(Secret::new)),
     }
 }
 
@@ -337,41 +414,96 @@ mod tests {
         Cli::try_parse_from(ARGS.iter().chain(extra)).unwrap()
     }
 
+    fn secrets(api: Option<&str>, admin: Option<&str>) -> EnvSecrets {
+        EnvSecrets {
+            fly_api_token: api.map(str::to_owned),
+            admin_token: admin.map(str::to_owned),
+        }
+    }
+
+    fn both() -> EnvSecrets {
+        secrets(Some("t"), Some("admin"))
+    }
+
     #[test]
-    fn debug_output_never_shows_the_token() {
-        let config = Config::from_cli(cli(&[]), Some("fo1_sentinel-token".into())).unwrap();
+    fn debug_output_never_shows_the_tokens() {
+        let config = Config::from_cli(
+            cli(&[]),
+            secrets(Some("fo1_sentinel-token"), Some("admin-sentinel")),
+        )
+        .unwrap();
         let debug = format!("{config:?} {:?}", config.token);
         assert!(!debug.contains("sentinel"), "{debug}");
         assert!(debug.contains("Secret(***)"));
         assert_eq!(config.token.expose(), "fo1_sentinel-token");
+        assert_eq!(config.admin_token.expose(), "admin-sentinel");
     }
 
     #[test]
-    fn a_token_is_required() {
-        for token in [None, Some(String::new()), Some("  \n".into())] {
-            let error = Config::from_cli(cli(&[]), token).unwrap_err();
+    fn both_tokens_are_required() {
+        for token in [None, Some(""), Some("  \n")] {
+            let error = Config::from_cli(cli(&[]), secrets(token, Some("admin"))).unwrap_err();
             assert!(matches!(error, ConfigError::NoToken), "{error}");
             assert!(error.to_string().contains("FLY_API_TOKEN"));
+            let error = Config::from_cli(cli(&[]), secrets(Some("t"), token)).unwrap_err();
+            assert!(matches!(error, ConfigError::NoAdminToken), "{error}");
+            assert!(error.to_string().contains("COORDINATOR_TOKEN"));
         }
     }
 
     #[test]
-    fn the_token_file_wins_and_is_trimmed() {
+    fn token_files_win_and_are_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "from-file\n").unwrap();
         let path = path.to_str().unwrap();
-        let config =
-            Config::from_cli(cli(&["--token-file", path]), Some("from-env".into())).unwrap();
+        let config = Config::from_cli(cli(&["--token-file", path]), both()).unwrap();
         assert_eq!(config.token.expose(), "from-file");
+        let config = Config::from_cli(cli(&["--admin-token-file", path]), both()).unwrap();
+        assert_eq!(config.admin_token.expose(), "from-file");
         std::fs::write(dir.path().join("token"), "\n").unwrap();
-        let error = Config::from_cli(cli(&["--token-file", path]), None).unwrap_err();
+        let error = Config::from_cli(cli(&["--token-file", path]), both()).unwrap_err();
         assert!(matches!(error, ConfigError::EmptyTokenFile(_)), "{error}");
+        let error = Config::from_cli(cli(&["--admin-token-file", path]), both()).unwrap_err();
+        assert!(matches!(error, ConfigError::EmptyTokenFile(_)), "{error}");
+    }
+
+    /// A replayed request keeps the Host it was sent to the coordinator
+    /// with, so the runner must accept the coordinator's private names.
+    #[test]
+    fn runners_accept_the_coordinators_names() {
+        let config = Config::from_cli(cli(&["--app-name", "coord"]), both()).unwrap();
+        assert_eq!(
+            config.runner.extra_env[ENV_RUNNER_ALLOWED_HOSTS],
+            "coord.flycast,coord.internal"
+        );
+        let config = Config::from_cli(
+            cli(&[
+                "--app-name",
+                "coord",
+                "--runner-env",
+                "AGENT_RUNNER_ALLOWED_HOSTS=agents.example,coord.flycast",
+            ]),
+            both(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.runner.extra_env[ENV_RUNNER_ALLOWED_HOSTS],
+            "agents.example,coord.flycast,coord.internal"
+        );
+        let config = Config::from_cli(cli(&[]), both()).unwrap();
+        assert!(
+            !config
+                .runner
+                .extra_env
+                .contains_key(ENV_RUNNER_ALLOWED_HOSTS)
+        );
+        assert!(Config::from_cli(cli(&["--app-name", "Coord/x"]), both()).is_err());
     }
 
     #[test]
     fn values_that_reach_urls_and_headers_are_checked() {
-        let token = || Some("t".to_owned());
+        let token = both;
         let bad_app = Cli::try_parse_from([
             "fly-coordinator",
             "--runner-app",

@@ -12,7 +12,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 use coordinator::agents::Agents;
-use coordinator::config::{Cli, Config};
+use coordinator::config::{Cli, Config, EnvSecrets};
 use coordinator::machines::MachinesClient;
 use coordinator::routes::{self, AppState};
 
@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::from_cli(cli, std::env::var("FLY_API_TOKEN").ok())?;
+    let config = Config::from_cli(cli, EnvSecrets::from_process())?;
     let client = MachinesClient::new(
         config.api_base.clone(),
         &config.runner_app,
@@ -47,7 +47,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .context("cannot set up the Machines API client")?;
     let agents = Agents::new(client, config.runner.clone(), config.timeouts);
-    let app = routes::app(Arc::new(AppState { agents }));
+    let app = routes::app(Arc::new(AppState {
+        agents,
+        admin_token: config.admin_token.clone(),
+    }));
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

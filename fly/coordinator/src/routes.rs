@@ -10,6 +10,12 @@
 //! | `DELETE /agents/NAME` | release it |
 //! | `GET /healthz` | the process is up (no Machines API call) |
 //!
+//! Management calls (`/agents/NAME` itself) need `Authorization: Bearer`
+//! with the coordinator's own token: they create and update machines.
+//! Routed requests pass through unchecked, so the runner's own token (sent
+//! in the same header) reaches the runner; waking a machine is all a
+//! routed request can do here.
+//!
 //! A replay answer is status 409 with an empty body (or the JSON replay
 //! body): the Fly proxy sees `fly-replay` and delivers the original request
 //! to the machine instead, so the client never sees it. A client that
@@ -29,9 +35,11 @@ use axum::{Json, Router};
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::json;
+use subtle::ConstantTimeEq as _;
 use tracing::{debug, warn};
 
 use crate::agents::{AgentError, AgentName, AgentRequest, AgentView, Agents, Outcome};
+use crate::config::Secret;
 use crate::machines::ApiError;
 
 /// The request header that names the agent a request is for.
@@ -48,13 +56,21 @@ pub const MAX_REPLAY_BODY: u64 = 1_000_000;
 #[derive(Debug)]
 pub struct AppState {
     pub agents: Agents,
+    /// What management calls must bring as `Authorization: Bearer`.
+    pub admin_token: Secret,
 }
 
 /// The coordinator's router.
 pub fn app(state: Arc<AppState>) -> Router {
+    let management = Router::new()
+        .route("/agents/{name}", get(describe).put(ensure).delete(release))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/agents/{name}", get(describe).put(ensure).delete(release))
+        .merge(management)
         .route("/agents/{name}/", any(replay_by_path))
         .route("/agents/{name}/{*rest}", any(replay_by_path))
         .fallback(no_route)
@@ -65,6 +81,26 @@ pub fn app(state: Arc<AppState>) -> Router {
             replay_by_header,
         ))
         .with_state(state)
+}
+
+/// Refuses a management call without the coordinator's token, before it
+/// reaches the Machines API.
+async fn require_admin_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    let expected = state.admin_token.expose().as_bytes();
+    if bool::from(presented.ct_eq(expected)) {
+        next.run(request).await
+    } else {
+        AppError::Unauthorized.into_response()
+    }
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -242,6 +278,11 @@ pub enum AppError {
     #[error("the Machines API returned machine id {0:?}, which cannot go in a fly-replay header")]
     BadMachineId(String),
     #[error(
+        "managing agents needs Authorization: Bearer with the coordinator's token \
+         (COORDINATOR_TOKEN); routed requests (/agents/NAME/... or fly-agent) need none here"
+    )]
+    Unauthorized,
+    #[error(
         "no such route: reach an agent with /agents/NAME/... or the fly-agent header; \
          manage one with PUT, GET or DELETE /agents/NAME"
     )]
@@ -267,6 +308,7 @@ impl AppError {
                     StatusCode::BAD_REQUEST
                 }
                 AgentError::NotFound(_) => StatusCode::NOT_FOUND,
+                AgentError::RepoPinned { .. } => StatusCode::CONFLICT,
                 AgentError::Unavailable { .. } | AgentError::ConfigUnknown { .. } => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
@@ -279,6 +321,7 @@ impl AppError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadMachineId(_) => StatusCode::BAD_GATEWAY,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 }
@@ -289,9 +332,20 @@ impl IntoResponse for AppError {
         let message = self.to_string();
         if status.is_server_error() {
             warn!(status = status.as_u16(), error = %message, "request failed");
+        } else if status == StatusCode::UNAUTHORIZED {
+            warn!(
+                status = status.as_u16(),
+                "management call without the right token"
+            );
         } else {
             debug!(status = status.as_u16(), error = %message, "request refused");
         }
-        (status, Json(json!({ "error": message }))).into_response()
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

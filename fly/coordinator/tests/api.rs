@@ -14,10 +14,13 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 use coordinator::agents::Agents;
-use coordinator::config::{Cli, Config};
+use coordinator::config::{Cli, Config, EnvSecrets};
 use coordinator::machines::MachinesClient;
 use coordinator::routes::{self, AppState};
 use support::{Failure, MockApi, runner_machine};
+
+/// What management calls bring (`COORDINATOR_TOKEN`).
+const ADMIN_TOKEN: &str = "admin-token";
 
 struct Coordinator {
     api: MockApi,
@@ -53,7 +56,10 @@ async fn coordinator(extra: &[&str]) -> Coordinator {
     args.extend_from_slice(extra);
     let config = Config::from_cli(
         Cli::try_parse_from(args).expect("test arguments parse"),
-        Some("test-token".into()),
+        EnvSecrets {
+            fly_api_token: Some("test-token".into()),
+            admin_token: Some(ADMIN_TOKEN.into()),
+        },
     )
     .expect("test configuration is valid");
     let client = MachinesClient::new(
@@ -64,7 +70,10 @@ async fn coordinator(extra: &[&str]) -> Coordinator {
     )
     .expect("a Machines API client for the mock");
     let agents = Agents::new(client, config.runner.clone(), config.timeouts);
-    let app = routes::app(Arc::new(AppState { agents }));
+    let app = routes::app(Arc::new(AppState {
+        agents,
+        admin_token: config.admin_token.clone(),
+    }));
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the coordinator");
@@ -96,10 +105,16 @@ impl Coordinator {
         self.http.get(self.url(path)).send().await.expect("GET")
     }
 
+    /// A management call, with the coordinator's token.
+    fn manage(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
     async fn put_agent(&self, name: &str, body: Value) -> (u16, Value) {
         let response = self
-            .http
-            .put(self.url(&format!("/agents/{name}")))
+            .manage(Method::PUT, &format!("/agents/{name}"))
             .json(&body)
             .send()
             .await
@@ -302,7 +317,7 @@ async fn a_first_put_creates_a_volume_and_a_machine() {
     let machine = body["machine"].as_str().unwrap().to_owned();
 
     // Now the agent exists: describe it, route to it.
-    let described = json_of(c.get("/agents/bob").await).await;
+    let described = json_of(c.manage(Method::GET, "/agents/bob").send().await.unwrap()).await;
     assert_eq!(described["machine"], machine.as_str());
     assert_eq!(described["repo"], "app@main");
     let response = c.get("/agents/bob/healthz").await;
@@ -422,7 +437,11 @@ async fn delete_releases_the_machine_for_reuse() {
     let c = coordinator(&[]).await;
     c.api
         .add_machine(runner_machine("m1", "started", owned("erin")));
-    let response = c.http.delete(c.url("/agents/erin")).send().await.unwrap();
+    let response = c
+        .manage(Method::DELETE, "/agents/erin")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(json_of(response).await["released"], "m1");
     assert_eq!(c.api.calls_to(Method::POST, "/machines/m1/stop").len(), 1);
@@ -437,7 +456,7 @@ async fn delete_releases_the_machine_for_reuse() {
     assert!(machine["config"]["metadata"].get("agent").is_none());
     assert_eq!(machine["config"]["metadata"]["repo"], "app@main");
 
-    let response = c.get("/agents/erin").await;
+    let response = c.manage(Method::GET, "/agents/erin").send().await.unwrap();
     assert_eq!(response.status(), 404);
     // The next agent of app@main gets it.
     let (_, body) = c
@@ -550,8 +569,8 @@ async fn unknown_agents_are_404() {
         .add_machine(runner_machine("m1", "started", owned("alice")));
     for request in [
         c.http.get(c.url("/agents/nobody/live")),
-        c.http.get(c.url("/agents/nobody")),
-        c.http.delete(c.url("/agents/nobody")),
+        c.manage(Method::GET, "/agents/nobody"),
+        c.manage(Method::DELETE, "/agents/nobody"),
         c.http.get(c.url("/mcp")).header("fly-agent", "nobody"),
     ] {
         let response = request.send().await.unwrap();
@@ -582,7 +601,7 @@ async fn invalid_names_and_requests_are_400_without_api_calls() {
         format!("/agents/{long}/live"),
         format!("/agents/{long}"),
     ] {
-        let response = c.get(&path).await;
+        let response = c.manage(Method::GET, &path).send().await.unwrap();
         assert_eq!(response.status(), 400, "{path}");
         assert!(
             json_of(response).await["error"]
@@ -617,6 +636,114 @@ async fn invalid_names_and_requests_are_400_without_api_calls() {
         .await;
     assert_eq!(status, 400);
     assert!(c.api.calls().is_empty(), "{:?}", c.api.calls());
+}
+
+/// Management creates machines: without the coordinator's token it is
+/// refused before any Machines API call. Routed requests need no token
+/// here (the runner checks its own).
+#[tokio::test]
+async fn management_calls_need_the_coordinators_token() {
+    let c = coordinator(&[]).await;
+    c.api
+        .add_machine(runner_machine("m1", "started", owned("alice")));
+    let body = json!({"repo": "app@main", "mode": "rw"});
+    for request in [
+        c.http.put(c.url("/agents/bob")).json(&body),
+        c.http
+            .put(c.url("/agents/bob"))
+            .bearer_auth("wrong")
+            .json(&body),
+        c.http
+            .put(c.url("/agents/bob"))
+            .header("authorization", format!("Basic {ADMIN_TOKEN}"))
+            .json(&body),
+        c.http.get(c.url("/agents/alice")),
+        c.http.delete(c.url("/agents/alice")),
+        c.http.delete(c.url("/agents/alice")).bearer_auth(""),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert!(error_of(response).await.contains("COORDINATOR_TOKEN"));
+    }
+    assert!(c.api.calls().is_empty(), "{:?}", c.api.calls());
+
+    // The runner's token travels in the same header and is not ours to check.
+    let response = c
+        .http
+        .get(c.url("/agents/alice/live"))
+        .bearer_auth("the-runner-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    assert_eq!(json_of(response).await["instance"], "m1");
+    let response = c.manage(Method::GET, "/agents/alice").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// The runner lays an agent's changes over the commit its worktree was
+/// first mounted at: another repository or revision is refused with a
+/// clear error and the machine is left as it was.
+#[tokio::test]
+async fn a_repository_change_is_refused() {
+    let c = coordinator(&[]).await;
+    c.api
+        .add_machine(runner_machine("m1", "stopped", owned("alice")));
+    for repo in ["lib@main", "app@dev", "app"] {
+        let (status, body) = c
+            .put_agent("alice", json!({"repo": repo, "mode": "rw"}))
+            .await;
+        assert_eq!(status, 409, "{repo}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("alice's worktree is app@main") && error.contains(repo),
+            "{error}"
+        );
+    }
+    assert!(
+        c.api.calls_to(Method::POST, "/machines/m1").is_empty(),
+        "the machine was changed"
+    );
+    // The same repository in another mode or size still updates.
+    let (status, body) = c
+        .put_agent("alice", json!({"repo": "app@main", "mode": "ro"}))
+        .await;
+    assert_eq!((status, body["outcome"].clone()), (200, json!("updated")));
+}
+
+/// Fly suspends only machines of at most 2 GB: a larger agent is told to
+/// stop when idle, and a smaller one again goes back to suspending.
+#[tokio::test]
+async fn machines_too_large_to_suspend_stop_when_idle() {
+    let c = coordinator(&[]).await;
+    let (status, body) = c
+        .put_agent(
+            "big",
+            json!({"repo": "app@main", "mode": "rw", "memory_mb": 4096}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let config = |c: &Coordinator| {
+        let machine = body["machine"].as_str().unwrap().to_owned();
+        c.api.machine(&machine)["config"].clone()
+    };
+    assert_eq!(config(&c)["env"]["AGENT_RUNNER_IDLE_ACTION"], "stop");
+    let (status, _) = c
+        .put_agent(
+            "big",
+            json!({"repo": "app@main", "mode": "rw", "memory_mb": 2048}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        config(&c)["env"].get("AGENT_RUNNER_IDLE_ACTION").is_none(),
+        "{}",
+        config(&c)
+    );
+    // The image an agent runs is part of its description.
+    let described = json_of(c.manage(Method::GET, "/agents/big").send().await.unwrap()).await;
+    assert_eq!(described["image"], "registry.fly.io/runners:v2");
 }
 
 /// One HTTP/1.1 exchange over a plain socket, for requests reqwest will

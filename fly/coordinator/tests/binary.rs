@@ -62,6 +62,31 @@ fn refuses_to_start_without_a_token() {
     assert!(stderr.contains("--token-file"), "{stderr}");
 }
 
+/// Without a management token anyone who reaches the coordinator could
+/// create machines: it does not start.
+#[test]
+fn refuses_to_start_without_a_management_token() {
+    let child = coordinator()
+        .args([
+            "--runner-app",
+            "runners",
+            "--runner-image",
+            "img",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("FLY_API_TOKEN", "t")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = finish(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("no management token"), "{stderr}");
+    assert!(stderr.contains("COORDINATOR_TOKEN"), "{stderr}");
+}
+
 #[test]
 fn refuses_an_unreadable_token_file() {
     let child = coordinator()
@@ -163,6 +188,7 @@ async fn the_token_is_sent_but_never_logged() {
             .arg("--token-file")
             .arg(&token_file)
             .env("FLY_API_TOKEN", "env-sentinel-91c2")
+            .env("COORDINATOR_TOKEN", "admin-sentinel-5e1d")
             .env("RUST_LOG", "trace")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -209,8 +235,19 @@ async fn the_token_is_sent_but_never_logged() {
         .await
         .unwrap();
     assert_eq!(woken.status(), 409);
+    // Without the coordinator's token nothing reaches the Machines API.
+    let calls_before = api.calls().len();
+    let refused = http
+        .put(format!("http://{address}/agents/bob"))
+        .json(&json!({"repo": "app@main", "mode": "rw"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(api.calls().len(), calls_before);
     let failed = http
         .put(format!("http://{address}/agents/bob"))
+        .bearer_auth("admin-sentinel-5e1d")
         .json(&json!({"repo": "app@main", "mode": "rw"}))
         .send()
         .await
