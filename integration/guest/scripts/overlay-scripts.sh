@@ -1,6 +1,9 @@
 # Guest half of integration/tests/overlay_scripts.rs: the scripts in
-# /opt/overlay-scripts against git-nfsd at 10.0.2.2. The test prepends:
+# /opt/overlay-scripts against git-nfsd at 10.0.2.2 (and a second one at
+# fec0::2, the host's ::1, port $GUEST_NFS6PORT). The test prepends:
 #   FILES    number of tracked files in app@main
+#   MAIN     the commit of app@main
+#   README_OID, MAIN_RS_OID   blob ids of README.md and src/main.rs there
 fails=0
 check() {
     if eval "$2"; then echo "PASS: $1"; else echo "FAIL: $1"; fails=$((fails + 1)); fi
@@ -73,6 +76,40 @@ check "status says read-only" "worktree-status /work/a | grep -q 'mode:     read
 umount-worktree /work/a >/dev/null
 check "read-only without an upper" "mount-worktree $SERVER app@main /work/c --ro && [ -f /work/c/empty ] && ! touch /work/c/nope 2>/dev/null"
 umount-worktree /work/c >/dev/null 2>&1 || umount /work/c
+
+# Server names. Fly's private names (.flycast, .internal) have IPv6
+# addresses only, and mount.nfs with proto=tcp looks up IPv4 ones alone:
+# nfsd.flycast gets only the host's ::1 (fec0::2, the second git-nfsd, on
+# [::1]), once eth0 has its autoconfigured fec0::/64 address; "host" is
+# 10.0.2.2 in /etc/hosts and keeps IPv4.
+n=0
+while ! ip -6 addr show dev eth0 | grep 'inet6 fec0:' | grep -qv tentative && [ $n -lt 300 ]; do
+    sleep 0.1; n=$((n + 1))
+done
+[ $n -lt 300 ] || echo "eth0 has no fec0::/64 address after 30 s: the IPv6 checks will fail"
+echo 'fec0::2 nfsd.flycast' >> /etc/hosts
+echo 'hosts: files' > /etc/nsswitch.conf
+# The super options of the NFS mount under worktree $1.
+nfs_opts() {
+    lower=$(worktree-status "$1" | sed -n 's/^lower: *//p')
+    awk -v p="$lower" '$5 == p { for (i = 7; i <= NF; i++) if ($i == "-") break; print $(i + 3) }' /proc/self/mountinfo
+}
+check "IPv6-only name: mount" "mount-worktree nfsd.flycast:$GUEST_NFS6PORT app@main /work/v6 --uid 1000"
+check "IPv6-only name: over tcp6 to fec0::2" "nfs_opts /work/v6 | grep -q 'proto=tcp6,.*mountproto=tcp6,.*addr=fec0::2' && worktree-status /work/v6 | grep -q 'export:   nfsd.flycast:/app@main'"
+# The commit and two files as the host's git sees them.
+reads_right() {
+    [ "$(git -C "$1" rev-parse HEAD)" = "$MAIN" ] &&
+        [ "$(git -C "$1" ls-files | wc -l)" -eq "$FILES" ] &&
+        [ "$(git -C "$1" hash-object README.md)" = "$README_OID" ] &&
+        [ "$(git -C "$1" hash-object src/main.rs)" = "$MAIN_RS_OID" ]
+}
+check "IPv6-only name: the worktree reads right" "reads_right /work/v6"
+check "IPv6-only name: git status is clean" "git -C /work/v6 status --porcelain > /tmp/st && git -C /work/v6 -c core.fsmonitor=false status --porcelain >> /tmp/st && [ ! -s /tmp/st ]"
+check "IPv6-only name: umount" "umount-worktree /work/v6 && ! grep -q nfsd.flycast /proc/self/mountinfo"
+check "IPv6-only name, nothing listening: exit 4" "[ \$(code mount-worktree nfsd.flycast:1 app /work/e) -eq 4 ] && grep -q 'cannot reach' /tmp/out && grep -q refused /tmp/out"
+check "name with an IPv4 address: mount over tcp" "mount-worktree host:$GUEST_NFSPORT app@main /work/h --ro && nfs_opts /work/h | grep -q 'proto=tcp,.*addr=10.0.2.2' && reads_right /work/h"
+check "name with an IPv4 address: umount" "umount-worktree /work/h && ! grep -q ' host:/' /proc/self/mountinfo"
+check "name with no address: exit 4" "[ \$(code mount-worktree nowhere.flycast:$GUEST_NFS6PORT app /work/e) -eq 4 ] && grep -q 'cannot resolve nowhere.flycast' /tmp/out"
 
 # Errors, each with its exit status.
 check "unknown repository: exit 5" "[ \$(code mount-worktree $SERVER nope /work/e) -eq 5 ] && grep -q 'unknown repository' /tmp/out"
