@@ -284,17 +284,25 @@ fn print_mount_help(addr: SocketAddr, exports: &[String]) {
         exports.len()
     );
     if let Some(first) = exports.first() {
-        text.push_str(&mount_help(&host, port, first));
+        let ipv6 = addr.is_ipv6() && !addr.ip().is_unspecified();
+        text.push_str(&mount_help(&host, port, ipv6, first));
     }
     say(&text);
 }
 
-fn mount_help(host: &str, port: u16, first: &str) -> String {
+/// `ipv6`: the listening address is IPv6, so mount.nfs must be told to use
+/// it (`proto=tcp` looks names and addresses up over IPv4 only).
+fn mount_help(host: &str, port: u16, ipv6: bool, first: &str) -> String {
     let leaf = first.rsplit('/').next().unwrap_or("worktree");
+    let proto = if ipv6 {
+        "proto=tcp6,mountproto=tcp6"
+    } else {
+        "proto=tcp"
+    };
     format!(
         "Mount a worktree (Linux, as root; add @BRANCH, @TAG or @COMMIT to pin another revision):\n\
          \x20 mkdir -p /mnt/{leaf}\n\
-         \x20 mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},nolock,ro,actimeo=3600 {host}:{first} /mnt/{leaf}\n\
+         \x20 mount -t nfs -o vers=3,{proto},port={port},mountport={port},nolock,ro,actimeo=3600 {host}:{first} /mnt/{leaf}\n\
          Or list it with libnfs: nfs-ls 'nfs://{host}{first}?nfsport={port}&mountport={port}&version=3'\n"
     )
 }

@@ -164,6 +164,38 @@ fn without_arguments_it_serves_the_repository_around_the_current_directory() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
 }
 
+/// Listening on IPv6, the printed mount command says so: mount.nfs with
+/// `proto=tcp` would look the address up over IPv4 only.
+#[test]
+fn the_mount_command_for_an_ipv6_listener_uses_tcp6() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("store/app.git");
+    assert!(
+        Command::new("git")
+            .args(["init", "-q", "--bare"])
+            .arg(&repo)
+            .status()
+            .expect("git")
+            .success()
+    );
+    let mut child = git_nfsd()
+        .args(["serve", "--listen", "[::1]:0", "--store"])
+        .arg(dir.path().join("store"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let banner: Vec<String> = lines.by_ref().take(4).map_while(Result::ok).collect();
+    child.kill().ok();
+    child.wait().ok();
+    let banner = banner.join("\n");
+    assert!(
+        banner.contains("proto=tcp6,mountproto=tcp6") && banner.contains("[::1]:/app"),
+        "{banner}"
+    );
+}
+
 /// A closed stdout (its reader gone before the banner) does not take the
 /// server down: the banner is dropped, the server serves.
 #[test]
