@@ -108,6 +108,9 @@ fn agent_runner_app() {
         "the runner's idle policy decides"
     );
     assert_eq!(http["checks"][0]["path"].as_str(), Some("/healthz"));
+    // Only canary deploys update no machine of the app before the checks
+    // pass: the coordinator takes its agents' image from those machines.
+    assert_eq!(config["deploy"]["strategy"].as_str(), Some("canary"));
     let check = &http["machine_checks"][0];
     let command = check["command"][0].as_str().unwrap();
     assert!(

@@ -34,6 +34,7 @@ use crate::machines::{
     Api, ApiError, CreateVolumeRequest, Guest, LaunchRequest, Machine, MachineConfig, MachineState,
     MachinesClient, Mount, Restart, WaitOutcome,
 };
+use crate::releases::{self, ImageSource, RunnerImage};
 
 /// Metadata key: the agent a machine belongs to.
 pub const META_AGENT: &str = "agent";
@@ -228,7 +229,9 @@ impl AgentRequest {
 /// What new agent machines look like.
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
-    pub image: String,
+    /// The image for new machines while no deploy of the runner app is
+    /// found (`RUNNER_IMAGE`); a deployed image wins (see [`releases`]).
+    pub image: Option<String>,
     pub default_size: Size,
     /// Where new volumes (and so their machines) go; `None`: the app's
     /// primary region.
@@ -348,6 +351,11 @@ pub enum AgentError {
         "agent {agent}'s machine {machine} has no readable config (its host may be unreachable); try again later"
     )]
     ConfigUnknown { agent: AgentName, machine: String },
+    #[error(
+        "no runner image: deploy the runner app (fly deploy), whose machines the coordinator \
+         takes the image from, or set RUNNER_IMAGE"
+    )]
+    NoImage,
     #[error(transparent)]
     Api(#[from] ApiError),
 }
@@ -382,6 +390,37 @@ impl Agents {
         self.machine_of(&api, agent)
             .await?
             .ok_or_else(|| AgentError::NotFound(agent.clone()))
+    }
+
+    /// Every agent with its machine, and the image agents are rolled onto.
+    pub async fn list(&self) -> Result<(Option<RunnerImage>, Vec<AgentView>), AgentError> {
+        let api = self.api.until(Instant::now() + self.timeouts.api);
+        let machines = api.list_machines(None).await?;
+        let image = self.runner_image(&machines);
+        let mut agents: Vec<AgentView> = machines
+            .iter()
+            .filter(|machine| !machine.state.is_gone())
+            .filter_map(|machine| {
+                let agent = AgentName::parse(machine.metadata(META_AGENT)?).ok()?;
+                // A machine another claims first is not this agent's.
+                (own_machine(&machines, &agent)?.id == machine.id)
+                    .then(|| AgentView::new(&agent, machine))
+            })
+            .collect();
+        agents.sort_by(|a, b| a.agent.cmp(&b.agent));
+        Ok((image, agents))
+    }
+
+    /// The image agents run: what the runner app's deploy promoted, else
+    /// the configured one.
+    fn runner_image(&self, machines: &[Machine]) -> Option<RunnerImage> {
+        releases::promoted(machines).or_else(|| {
+            self.runner.image.clone().map(|image| RunnerImage {
+                image,
+                release_version: None,
+                source: ImageSource::Configured,
+            })
+        })
     }
 
     /// Makes sure the agent has a machine as asked: its own, updated if its
@@ -429,6 +468,11 @@ impl Agents {
             };
             let mut desired = config.clone();
             self.describe_agent(&mut desired, agent, &repo, request.mode, size);
+            // The update restarts the machine anyway: onto the promoted
+            // image, if the runner app's deploy made one.
+            if let Some(promoted) = releases::promoted(&machines) {
+                desired.image = promoted.image;
+            }
             if desired == config {
                 debug!(%agent, machine = %machine.id, "agent already as asked");
                 return Ok((Outcome::Unchanged, machine.clone()));
@@ -447,6 +491,9 @@ impl Agents {
         if let Some(machine) = reusable_machine(&machines, &repo) {
             let mut config = machine.config.clone().unwrap_or_default();
             self.describe_agent(&mut config, agent, &repo, request.mode, default_size);
+            if let Some(promoted) = releases::promoted(&machines) {
+                config.image = promoted.image;
+            }
             let claim = LaunchRequest {
                 config,
                 region: None,
@@ -457,8 +504,12 @@ impl Agents {
             return Ok((Outcome::Reused, claimed));
         }
 
+        let image = self
+            .runner_image(&machines)
+            .ok_or(AgentError::NoImage)?
+            .image;
         let created = self
-            .create(&api, agent, &repo, request.mode, default_size)
+            .create(&api, agent, &repo, request.mode, default_size, image)
             .await?;
         Ok((Outcome::Created, created))
     }
@@ -524,6 +575,26 @@ impl Agents {
                 MachineState::Started => return Ok(machine),
                 MachineState::Starting => break,
                 MachineState::Stopped | MachineState::Suspended | MachineState::Created => {
+                    // Asleep, so nothing working is lost: the moment to
+                    // move it onto a newly promoted image (the update
+                    // starts it).
+                    match self
+                        .roll_while_asleep(&api, agent, &machine, deadline)
+                        .await
+                    {
+                        Ok(true) => {
+                            machine.state = MachineState::Starting;
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(AgentError::Api(ApiError::Deadline { .. })) => {
+                            return Err(timed_out(&machine));
+                        }
+                        Err(error) => {
+                            warn!(%agent, machine = %machine.id, %error,
+                                "cannot move the machine onto the promoted image; starting it as it is");
+                        }
+                    }
                     info!(%agent, machine = %machine.id, state = %machine.state, "waking agent machine");
                     match api.start(&machine.id).await {
                         Ok(()) => {}
@@ -581,6 +652,51 @@ impl Agents {
         }
     }
 
+    /// Updates a sleeping agent machine onto the image the runner app's
+    /// deploy promoted, if it runs another; the update starts it. `false`:
+    /// nothing to do (or the machine woke meanwhile), start it as it is.
+    /// Serialised with the other mutations, so it never sends back a config
+    /// an `ensure` has just changed; a wake that cannot get the lock in
+    /// time starts the machine as it is.
+    async fn roll_while_asleep(
+        &self,
+        api: &Api<'_>,
+        agent: &AgentName,
+        machine: &Machine,
+        deadline: Instant,
+    ) -> Result<bool, AgentError> {
+        let Ok(_serialised) = tokio::time::timeout_at(deadline, self.mutations.lock()).await else {
+            return Ok(false);
+        };
+        let machines = api.list_machines(None).await?;
+        let Some(promoted) = releases::promoted(&machines) else {
+            return Ok(false);
+        };
+        let Some(current) = machines.iter().find(|m| m.id == machine.id) else {
+            return Ok(false);
+        };
+        let asleep = matches!(
+            current.state,
+            MachineState::Stopped | MachineState::Suspended | MachineState::Created
+        );
+        let Some(mut config) = current.config.clone().filter(|_| asleep) else {
+            return Ok(false);
+        };
+        if config.image == promoted.image {
+            return Ok(false);
+        }
+        let previous = std::mem::replace(&mut config.image, promoted.image.clone());
+        let update = LaunchRequest {
+            config,
+            region: None,
+            skip_launch: false,
+        };
+        api.update_machine(&machine.id, &update).await?;
+        info!(%agent, machine = %machine.id, from = %previous, to = %promoted.image,
+            release = ?promoted.release_version, "moved a sleeping agent onto the promoted runner image");
+        Ok(true)
+    }
+
     /// The agent's machine, if it has one. The list is filtered by the API
     /// and again here: the filter is a convenience of the API, not a promise
     /// this code relies on.
@@ -603,6 +719,7 @@ impl Agents {
         repo: &Repo,
         mode: Mode,
         size: Size,
+        image: String,
     ) -> Result<Machine, AgentError> {
         let settings = &self.runner;
         let volume = api
@@ -614,7 +731,7 @@ impl Agents {
             })
             .await?;
         let mut config = MachineConfig {
-            image: settings.image.clone(),
+            image,
             mounts: vec![Mount {
                 volume: volume.id.clone(),
                 path: settings.mount_path.clone(),

@@ -68,9 +68,12 @@ pub struct Cli {
     /// The Fly app whose machines run agent-runner.
     #[arg(long, env = "RUNNER_APP")]
     pub runner_app: String,
-    /// The image new agent machines run (registry.fly.io/RUNNER_APP:TAG).
+    /// The image new agent machines run while no deploy of the runner app
+    /// is found (registry.fly.io/RUNNER_APP:TAG). Once `fly deploy` of the
+    /// runner app has made machines, their image is used, and agents are
+    /// moved onto each newly deployed one while they sleep.
     #[arg(long, env = "RUNNER_IMAGE")]
-    pub runner_image: String,
+    pub runner_image: Option<String>,
     /// The Machines API; from inside Fly's network http://_api.internal:4280
     /// works too.
     #[arg(long, env = "FLY_API_BASE", default_value = DEFAULT_API_BASE)]
@@ -223,12 +226,15 @@ impl Config {
             is_app_name(&cli.runner_app),
             "use 1 to 63 of a-z, 0-9 and '-'",
         )?;
-        check(
-            "runner image",
-            &cli.runner_image,
-            !cli.runner_image.is_empty() && !cli.runner_image.chars().any(char::is_whitespace),
-            "must be an image reference without spaces",
-        )?;
+        let runner_image = cli.runner_image.filter(|image| !image.is_empty());
+        if let Some(image) = &runner_image {
+            check(
+                "runner image",
+                image,
+                !image.chars().any(char::is_whitespace),
+                "must be an image reference without spaces",
+            )?;
+        }
         if let Some(region) = &cli.region {
             check(
                 "region",
@@ -321,7 +327,7 @@ impl Config {
                 cap: Duration::from_millis(cli.retry_cap_ms.max(cli.retry_base_ms)),
             },
             runner: RunnerSettings {
-                image: cli.runner_image,
+                image: runner_image,
                 default_size,
                 region: cli.region,
                 volume_name: cli.volume_name,

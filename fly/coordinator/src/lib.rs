@@ -22,6 +22,7 @@
 //! | [`machines`] | the Machines API client: typed requests and answers, retries, [`machines::ApiError`] |
 //! | [`backoff`] | how long to wait before retrying a Machines API call |
 //! | [`agents`] | agent names, and the policy: look up, wake, reuse, create, update, release |
+//! | [`releases`] | which runner image agents run: the one the runner app's deploy promoted |
 //! | [`routes`] | the axum router: `/agents/{name}` management, replay routing, `/healthz` |
 //!
 //! Tests drive [`routes::app`] over real HTTP against a mock Machines API.
@@ -30,4 +31,5 @@ pub mod agents;
 pub mod backoff;
 pub mod config;
 pub mod machines;
+pub mod releases;
 pub mod routes;

@@ -58,7 +58,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the listening address")?;
     info!(%address, runner_app = %config.runner_app, api = %config.api_base,
-        image = %config.runner.image, "listening");
+        image = config.runner.image.as_deref().unwrap_or("(from the runner app's deploy)"), "listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await

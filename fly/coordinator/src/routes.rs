@@ -7,6 +7,7 @@
 //! | any request to `/agents/NAME/PATH` | wake, then a JSON replay that rewrites the path to `/PATH` |
 //! | `PUT /agents/NAME` `{repo, mode, cpus?, memory_mb?, cpu_kind?}` | ensure NAME has a machine as asked |
 //! | `GET /agents/NAME` | describe it |
+//! | `GET /agents` | every agent with its image, and the image agents are rolled onto |
 //! | `DELETE /agents/NAME` | release it |
 //! | `GET /healthz` | the process is up (no Machines API call) |
 //!
@@ -63,6 +64,7 @@ pub struct AppState {
 /// The coordinator's router.
 pub fn app(state: Arc<AppState>) -> Router {
     let management = Router::new()
+        .route("/agents", get(list))
         .route("/agents/{name}", get(describe).put(ensure).delete(release))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -105,6 +107,11 @@ async fn require_admin_token(
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({ "ok": true, "runner_app": state.agents.runner_app() }))
+}
+
+async fn list(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, AppError> {
+    let (image, agents) = state.agents.list().await?;
+    Ok(Json(json!({ "runner_image": image, "agents": agents })))
 }
 
 async fn describe(
@@ -309,6 +316,7 @@ impl AppError {
                 }
                 AgentError::NotFound(_) => StatusCode::NOT_FOUND,
                 AgentError::RepoPinned { .. } => StatusCode::CONFLICT,
+                AgentError::NoImage => StatusCode::SERVICE_UNAVAILABLE,
                 AgentError::Unavailable { .. } | AgentError::ConfigUnknown { .. } => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }

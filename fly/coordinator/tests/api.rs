@@ -489,9 +489,11 @@ async fn rate_limits_are_retried() {
     });
     let response = c.get("/agents/alice/live").await;
     assert_eq!(response.status(), 409);
+    // Two failed and one answered list of the agent's machine, then one of
+    // the whole app: a sleeping agent may have a newer image to wake onto.
     assert_eq!(
         c.api.calls_to(Method::GET, "/apps/runners/machines").len(),
-        3
+        4
     );
     assert_eq!(c.api.calls_to(Method::POST, "/machines/m1/start").len(), 2);
 }
@@ -744,6 +746,125 @@ async fn machines_too_large_to_suspend_stop_when_idle() {
     // The image an agent runs is part of its description.
     let described = json_of(c.manage(Method::GET, "/agents/big").send().await.unwrap()).await;
     assert_eq!(described["image"], "registry.fly.io/runners:v2");
+}
+
+/// A machine `fly deploy` made for the runner app at `release`: flyctl's
+/// metadata, no agent.
+fn deployed_machine(id: &str, state: &str, release: u64) -> Value {
+    let mut machine = runner_machine(id, state, json!({}));
+    machine["config"]["env"] = json!({"FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "ams"});
+    machine["config"]["image"] = json!(format!("registry.fly.io/runners:deployment-{release}"));
+    machine["config"]["metadata"] = json!({
+        "fly_platform_version": "v2",
+        "fly_process_group": "app",
+        "fly_release_id": format!("rel-{release}"),
+        "fly_release_version": release.to_string(),
+    });
+    machine
+}
+
+/// `fly deploy` updates only the runner app's own machines, after their
+/// machine checks passed; agents move onto that image when they wake, never
+/// while they run.
+#[tokio::test]
+async fn sleeping_agents_wake_onto_the_deployed_image() {
+    let c = coordinator(&[]).await;
+    c.api.add_machine(deployed_machine("d1", "stopped", 7));
+    c.api
+        .add_machine(runner_machine("m1", "suspended", owned("alice")));
+    c.api
+        .add_machine(runner_machine("m2", "started", owned("bob")));
+    let deployed = "registry.fly.io/runners:deployment-7";
+
+    // Asleep: the wake is an update onto the new image (which starts it).
+    let response = c.get("/agents/alice/live").await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(json_of(response).await["instance"], "m1");
+    let updates = c.api.calls_to(Method::POST, "/machines/m1");
+    assert_eq!(updates.len(), 1);
+    let update = updates[0].body.clone().unwrap();
+    assert_eq!(update["config"]["image"], deployed);
+    assert_eq!(update["skip_launch"], false);
+    // Nothing else of the machine changes: its volume above all.
+    let before = runner_machine("m1", "suspended", owned("alice"));
+    assert_eq!(update["config"]["mounts"], before["config"]["mounts"]);
+    assert_eq!(update["config"]["env"], before["config"]["env"]);
+    assert!(
+        c.api
+            .calls_to(Method::POST, "/machines/m1/start")
+            .is_empty()
+    );
+    assert_eq!(c.api.machine("m1")["state"], "started");
+
+    // Awake (maybe working): left alone.
+    let response = c.get("/agents/bob/live").await;
+    assert_eq!(response.status(), 409);
+    assert!(c.api.calls_to(Method::POST, "/machines/m2").is_empty());
+
+    // A new agent starts on it; the list tells who runs what.
+    let (status, body) = c
+        .put_agent("carol", json!({"repo": "lib@main", "mode": "rw"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["image"], deployed);
+    let listed = json_of(c.manage(Method::GET, "/agents").send().await.unwrap()).await;
+    assert_eq!(
+        listed["runner_image"],
+        json!({"image": deployed, "release_version": 7, "source": "deploy"})
+    );
+    let images: Vec<(String, String)> = listed["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["agent"].as_str().unwrap().to_owned(),
+                a["image"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        images,
+        [
+            ("alice".to_owned(), deployed.to_owned()),
+            ("bob".to_owned(), "registry.fly.io/runners:v1".to_owned()),
+            ("carol".to_owned(), deployed.to_owned()),
+        ]
+    );
+    // Only management sees the list.
+    assert_eq!(c.get("/agents").await.status(), 401);
+}
+
+/// A rollout that stopped half-way (one of flyctl's machines on the new
+/// release, one on the old) promoted nothing: agents stay on the old one.
+#[tokio::test]
+async fn a_half_done_deploy_promotes_nothing() {
+    let c = coordinator(&[]).await;
+    c.api.add_machine(deployed_machine("d1", "started", 8));
+    c.api.add_machine(deployed_machine("d2", "stopped", 7));
+    let mut alice = runner_machine("m1", "stopped", owned("alice"));
+    alice["config"]["image"] = json!("registry.fly.io/runners:deployment-7");
+    c.api.add_machine(alice);
+    let response = c.get("/agents/alice/live").await;
+    assert_eq!(response.status(), 409);
+    assert!(c.api.calls_to(Method::POST, "/machines/m1").is_empty());
+    assert_eq!(c.api.calls_to(Method::POST, "/machines/m1/start").len(), 1);
+}
+
+/// With no deploy of the runner app and no RUNNER_IMAGE there is nothing
+/// to run: a clear error, and no volume is made.
+#[tokio::test]
+async fn without_any_runner_image_creating_is_a_clear_error() {
+    let c = coordinator(&["--runner-image", ""]).await;
+    let (status, body) = c
+        .put_agent("dan", json!({"repo": "app@main", "mode": "rw"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no runner image"),
+        "{body}"
+    );
+    assert!(c.api.calls_to(Method::POST, "/volumes").is_empty());
 }
 
 /// One HTTP/1.1 exchange over a plain socket, for requests reqwest will
