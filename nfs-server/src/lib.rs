@@ -7,6 +7,8 @@
 //!
 //! - [`rpc`]: record marking, call headers, bounded XDR decoding.
 //! - [`server`]: listener and connections, limits and shutdown.
+//! - [`relay`]: `git-nfsd relay`, on an agent's machine: its NFS
+//!   connections to whichever replica answers.
 //! - [`dispatch`]: the program table; [`nfs3`], [`mount`], [`acl`] and
 //!   [`portmap`] are the programs; [`handle`] and [`status`] convert between
 //!   the wire and the model.
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod mount;
 pub mod nfs3;
 pub mod portmap;
+pub mod relay;
 pub mod rpc;
 pub mod server;
 pub mod status;

@@ -29,6 +29,27 @@ struct Cli {
 enum Command {
     /// Serve a store of repositories (the default command).
     Serve(ServeArgs),
+    /// Relay an agent machine's NFS connections to whichever git-nfsd
+    /// replica answers: the name is looked up again for every connection,
+    /// so a mount carries on through another replica when its own stops.
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// Where the kernel's NFS client connects (mount port=N,mountport=N).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:2049")]
+    listen: SocketAddr,
+
+    /// git-nfsd's replicas: a name and port (on Fly `APP.internal:2049`,
+    /// every started machine, each seeing this machine's own address).
+    /// Repeatable: tried in order.
+    #[arg(long = "upstream", value_name = "HOST:PORT", required = true)]
+    upstreams: Vec<nfs_server::relay::Upstream>,
+
+    /// How long one replica may take to accept before the next is tried.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -125,15 +146,39 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => cli.serve,
-    };
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?
-        .block_on(serve(args))
+        .context("starting the async runtime")?;
+    match cli.command {
+        Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        Some(Command::Relay(args)) => runtime.block_on(relay(args)),
+        None => runtime.block_on(serve(cli.serve)),
+    }
+}
+
+async fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    let relay = nfs_server::relay::Relay::bind(
+        args.listen,
+        args.upstreams.clone(),
+        std::time::Duration::from_millis(args.connect_timeout_ms),
+    )
+    .await
+    .with_context(|| format!("listening on {}", args.listen))?;
+    let upstreams: Vec<String> = args.upstreams.iter().map(ToString::to_string).collect();
+    say(&format!(
+        "git-nfsd relay listening on {}, relaying to {}\n",
+        relay.local_addr()?,
+        upstreams.join(", ")
+    ));
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        token.cancel();
+    });
+    relay.run(shutdown).await;
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
