@@ -10,6 +10,7 @@ pub mod codex;
 pub mod fixture;
 pub mod guest;
 pub mod libnfs;
+pub mod local_fly;
 pub mod peers;
 pub mod report;
 pub mod runner;
