@@ -1,362 +1,24 @@
-//! The machines, volumes and apps of one local Fly, and their lifecycle
-//! with Fly's states: created, starting, started, stopping, stopped,
-//! suspending, suspended, replacing, destroying, destroyed.
-//!
-//! Every change bumps a version on a `watch` channel, which the Machines
-//! API's `wait` and the tests follow. A machine's process tree belongs to
-//! one boot ([`Boot`]); a watcher task per boot records its end and applies
-//! the restart policy when it ended by itself.
+//! A machine's life: created, booted (a new generation of processes),
+//! started, stopped, suspended and resumed, updated, destroyed; the restart
+//! policy when a boot ends by itself; waiting for a state.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustix::process::Signal;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::app::FlyToml;
-use crate::backends::{Backend, Backends, RouteState, Service};
-use crate::network::{Names, Network};
+use super::json::{new_instance_id, now_rfc3339, random_hex, view};
+use super::volumes::attach_volume;
+use super::{
+    DEFAULT_KILL_TIMEOUT, MachineRecord, MachineState, Platform, PlatformError,
+    SUSPEND_MAX_MEMORY_MB, State,
+};
 use crate::runtime::{Boot, BootSpec};
 
-/// Fly suspends only machines with at most this much memory.
-pub const SUSPEND_MAX_MEMORY_MB: u64 = 2048;
-/// How long a stop waits for PID 1 unless the config says otherwise.
-const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A machine's state, as the Machines API names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MachineState {
-    Created,
-    Starting,
-    Started,
-    Stopping,
-    Stopped,
-    Suspending,
-    Suspended,
-    Replacing,
-    Destroying,
-    Destroyed,
-}
-
-impl MachineState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Starting => "starting",
-            Self::Started => "started",
-            Self::Stopping => "stopping",
-            Self::Stopped => "stopped",
-            Self::Suspending => "suspending",
-            Self::Suspended => "suspended",
-            Self::Replacing => "replacing",
-            Self::Destroying => "destroying",
-            Self::Destroyed => "destroyed",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        serde_json::from_value(Value::String(text.to_owned())).ok()
-    }
-}
-
-/// An image the platform can run: its files and its OCI config.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Image {
-    pub reference: String,
-    /// The image's root filesystem (`/`: the host's own files).
-    pub root: PathBuf,
-    #[serde(default)]
-    pub entrypoint: Vec<String>,
-    #[serde(default)]
-    pub cmd: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// The image's `USER` (`name`, `uid` or `uid:gid`); empty: root.
-    #[serde(default)]
-    pub user: Option<String>,
-}
-
-/// An app: its `fly.toml`, secrets, Flycast address and release counter.
-#[derive(Debug, Clone)]
-pub struct App {
-    pub name: String,
-    pub fly_toml: FlyToml,
-    pub secrets: BTreeMap<String, String>,
-    pub flycast: Ipv6Addr,
-    pub release: u64,
-}
-
-/// Why an operation was refused; the API turns each into a status.
-#[derive(Debug, thiserror::Error)]
-pub enum PlatformError {
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("failed_precondition: {0}")]
-    Precondition(String),
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-#[derive(Debug)]
-struct MachineRecord {
-    id: String,
-    number: u16,
-    app: String,
-    name: String,
-    state: MachineState,
-    region: String,
-    instance_id: String,
-    private_ip: Ipv6Addr,
-    created_at: String,
-    updated_at: String,
-    config: Value,
-    /// The current boot, while one runs.
-    boot: Option<Boot>,
-    /// Becomes `true` when the current boot's processes are gone.
-    ended: Option<watch::Receiver<bool>>,
-    /// Which boot is current: a watcher of an older one changes nothing.
-    generation: u64,
-    exit_code: Option<i32>,
-    restarts: u32,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct VolumeRecord {
-    id: String,
-    name: String,
-    region: String,
-    size_gb: u32,
-    state: String,
-    attached_machine_id: Option<String>,
-    created_at: String,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    apps: BTreeMap<String, App>,
-    machines: BTreeMap<String, MachineRecord>,
-    volumes: BTreeMap<String, VolumeRecord>,
-    images: BTreeMap<String, Image>,
-    next_machine: u16,
-    next_app: u16,
-}
-
-/// Called with (app, machine id, its `/.fly` folder) for every new
-/// machine, before its first boot: where the Machines API socket is served.
-pub type MachineHook = Box<dyn Fn(&str, &str, &Path) + Send + Sync>;
-
-/// One local Fly.
-pub struct Platform {
-    dir: PathBuf,
-    region: String,
-    network: Network,
-    state: Mutex<State>,
-    changes: watch::Sender<u64>,
-    on_machine: std::sync::OnceLock<MachineHook>,
-}
-
-impl std::fmt::Debug for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Platform")
-            .field("dir", &self.dir)
-            .field("region", &self.region)
-            .field("network", &self.network)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Platform {
-    /// A platform keeping its files in `dir`, with network `instance`.
-    pub fn new(dir: &Path, instance: u16, region: &str) -> Result<Arc<Self>, PlatformError> {
-        std::fs::create_dir_all(dir.join("machines"))
-            .and_then(|()| std::fs::create_dir_all(dir.join("volumes")))
-            .map_err(|e| PlatformError::Internal(format!("cannot make {}: {e}", dir.display())))?;
-        let network =
-            Network::create(instance, dir).map_err(|e| PlatformError::Internal(e.to_string()))?;
-        Ok(Arc::new(Self {
-            dir: dir.to_path_buf(),
-            region: region.to_owned(),
-            network,
-            state: Mutex::new(State::default()),
-            changes: watch::channel(0).0,
-            on_machine: std::sync::OnceLock::new(),
-        }))
-    }
-
-    /// Sets what runs for every new machine before its first boot (once).
-    pub fn on_machine_created(&self, hook: MachineHook) {
-        let _ = self.on_machine.set(hook);
-    }
-
-    pub fn network(&self) -> &Network {
-        &self.network
-    }
-
-    pub fn region(&self) -> &str {
-        &self.region
-    }
-
-    /// A receiver that sees every change.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Records a change: wakes waiters and rewrites the names.
-    fn changed(&self, state: &State) {
-        let mut names = Names::default();
-        for app in state.apps.values() {
-            names.flycast.insert(app.name.clone(), app.flycast);
-        }
-        for machine in state.machines.values() {
-            if machine.state == MachineState::Started {
-                names
-                    .started
-                    .push((machine.app.clone(), machine.id.clone(), machine.private_ip));
-            }
-        }
-        if let Err(error) = self.network.write_hosts(&names) {
-            warn!(%error, "cannot update the names");
-        }
-        self.changes.send_modify(|version| *version += 1);
-    }
-
-    /// Adds an app (as `fly apps create` with `fly ips allocate-v6
-    /// --private`): its Flycast address is put on the host.
-    pub fn add_app(
-        &self,
-        fly_toml: FlyToml,
-        secrets: BTreeMap<String, String>,
-    ) -> Result<App, PlatformError> {
-        let mut state = self.lock();
-        if state.apps.contains_key(&fly_toml.app) {
-            return Err(PlatformError::Invalid(format!(
-                "app {} already exists",
-                fly_toml.app
-            )));
-        }
-        state.next_app += 1;
-        let flycast = self.network.flycast_address(state.next_app);
-        self.network
-            .add_flycast(flycast)
-            .map_err(|e| PlatformError::Internal(e.to_string()))?;
-        let app = App {
-            name: fly_toml.app.clone(),
-            fly_toml,
-            secrets,
-            flycast,
-            release: 0,
-        };
-        state.apps.insert(app.name.clone(), app.clone());
-        self.changed(&state);
-        Ok(app)
-    }
-
-    pub fn app(&self, name: &str) -> Option<App> {
-        self.lock().apps.get(name).cloned()
-    }
-
-    pub fn apps(&self) -> Vec<App> {
-        self.lock().apps.values().cloned().collect()
-    }
-
-    /// Counts a new release of the app and returns its number.
-    pub fn next_release(&self, app: &str) -> Result<u64, PlatformError> {
-        let mut state = self.lock();
-        let app = state
-            .apps
-            .get_mut(app)
-            .ok_or_else(|| PlatformError::NotFound(format!("app {app}")))?;
-        app.release += 1;
-        Ok(app.release)
-    }
-
-    /// Makes an image runnable under its reference (a push to the registry).
-    pub fn add_image(&self, image: Image) {
-        let mut state = self.lock();
-        state.images.insert(image.reference.clone(), image);
-    }
-
-    // ----- volumes -----
-
-    pub fn create_volume(
-        &self,
-        app: &str,
-        name: &str,
-        size_gb: u32,
-    ) -> Result<Value, PlatformError> {
-        let mut state = self.lock();
-        if !state.apps.contains_key(app) {
-            return Err(PlatformError::NotFound(format!("app {app}")));
-        }
-        let id = format!("vol_{}", random_hex(16));
-        let path = self.dir.join("volumes").join(&id);
-        std::fs::create_dir_all(&path)
-            .map_err(|e| PlatformError::Internal(format!("cannot make {}: {e}", path.display())))?;
-        let volume = VolumeRecord {
-            id: id.clone(),
-            name: name.to_owned(),
-            region: self.region.clone(),
-            size_gb,
-            state: "created".to_owned(),
-            attached_machine_id: None,
-            created_at: now_rfc3339(),
-        };
-        let view = serde_json::to_value(&volume).unwrap_or(Value::Null);
-        state.volumes.insert(id, volume);
-        Ok(view)
-    }
-
-    pub fn delete_volume(&self, id: &str) -> Result<Value, PlatformError> {
-        let mut state = self.lock();
-        let volume = state
-            .volumes
-            .get(id)
-            .ok_or_else(|| PlatformError::NotFound(format!("volume {id}")))?;
-        if let Some(machine) = &volume.attached_machine_id
-            && state
-                .machines
-                .get(machine)
-                .is_some_and(|m| m.state != MachineState::Destroyed)
-        {
-            return Err(PlatformError::Precondition(format!(
-                "volume {id} is attached to machine {machine}"
-            )));
-        }
-        let mut volume = state
-            .volumes
-            .remove(id)
-            .ok_or_else(|| PlatformError::NotFound(format!("volume {id}")))?;
-        let _ = std::fs::remove_dir_all(self.dir.join("volumes").join(id));
-        volume.state = "destroyed".to_owned();
-        Ok(serde_json::to_value(&volume).unwrap_or(Value::Null))
-    }
-
-    pub fn list_volumes(&self, app: &str) -> Vec<Value> {
-        let _ = app;
-        self.lock()
-            .volumes
-            .values()
-            .filter_map(|v| serde_json::to_value(v).ok())
-            .collect()
-    }
-
-    // ----- machines -----
-
     /// `POST /machines`: a new machine of `app`, booted unless
     /// `skip_launch`.
     pub fn create_machine(
@@ -411,59 +73,6 @@ impl Platform {
             self.boot(&id)?;
         }
         self.machine_view(&id)
-    }
-
-    /// A machine's JSON as the Machines API answers it.
-    pub fn machine_view(&self, id: &str) -> Result<Value, PlatformError> {
-        let state = self.lock();
-        let machine = state
-            .machines
-            .get(id)
-            .ok_or_else(|| PlatformError::NotFound(format!("machine {id}")))?;
-        Ok(view(machine))
-    }
-
-    /// The machines of `app` (destroyed ones left out), as JSON.
-    pub fn list_machines(&self, app: &str, metadata: &[(String, String)]) -> Vec<Value> {
-        let state = self.lock();
-        state
-            .machines
-            .values()
-            .filter(|m| m.app == app && m.state != MachineState::Destroyed)
-            .filter(|m| {
-                metadata
-                    .iter()
-                    .all(|(key, value)| m.config["metadata"][key].as_str() == Some(value.as_str()))
-            })
-            .map(view)
-            .collect()
-    }
-
-    /// Which app a machine belongs to.
-    pub fn app_of(&self, id: &str) -> Option<String> {
-        self.lock().machines.get(id).map(|m| m.app.clone())
-    }
-
-    pub fn state_of(&self, id: &str) -> Option<MachineState> {
-        self.lock().machines.get(id).map(|m| m.state)
-    }
-
-    /// The exit code of the machine's last boot, once it ended.
-    pub fn exit_code(&self, id: &str) -> Option<i32> {
-        self.lock().machines.get(id).and_then(|m| m.exit_code)
-    }
-
-    /// The machine's console (every boot's output).
-    pub fn log(&self, id: &str) -> Result<String, PlatformError> {
-        let path = self.dir.join("machines").join(id).join("log");
-        std::fs::read(&path)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .map_err(|_| PlatformError::NotFound(format!("log of machine {id}")))
-    }
-
-    /// The folder a machine sees as `/.fly`.
-    pub fn fly_dir(&self, id: &str) -> PathBuf {
-        self.dir.join("machines").join(id).join("fly")
     }
 
     /// Boots the machine's current config: a new generation.
@@ -777,28 +386,7 @@ impl Platform {
         info!(machine = %id, "suspended machine");
         Ok(view)
     }
-}
 
-fn suspendable(machine: &MachineRecord) -> Result<(), PlatformError> {
-    let id = &machine.id;
-    {
-        let memory = machine.config["guest"]["memory_mb"].as_u64().unwrap_or(256);
-        if memory > SUSPEND_MAX_MEMORY_MB {
-            return Err(PlatformError::Invalid(format!(
-                "machine {id} has {memory} MB of memory; suspend needs at most {SUSPEND_MAX_MEMORY_MB} MB"
-            )));
-        }
-        if machine.state != MachineState::Started {
-            return Err(PlatformError::Precondition(format!(
-                "machine {id} is {}, cannot suspend",
-                machine.state.as_str()
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl Platform {
     /// `POST /machines/{id}`: the whole new config. A running machine
     /// reboots into it; a suspended one loses its snapshot; a stopped one
     /// stays stopped with `skip_launch`.
@@ -950,93 +538,22 @@ impl Platform {
     }
 }
 
-impl Platform {
-    /// The machines of `app` as the proxy sees them.
-    pub fn backends(&self, app: &str) -> Vec<Backend> {
-        let state = self.lock();
-        state
-            .machines
-            .values()
-            .filter(|m| m.app == app && m.state != MachineState::Destroyed)
-            .map(|m| Backend {
-                id: m.id.clone(),
-                app: m.app.clone(),
-                region: m.region.clone(),
-                state: match m.state {
-                    MachineState::Started => RouteState::Started,
-                    MachineState::Stopped | MachineState::Suspended | MachineState::Created => {
-                        RouteState::Startable
-                    }
-                    _ => RouteState::Unavailable,
-                },
-                address: IpAddr::V6(m.private_ip),
-                services: m.config["services"]
-                    .as_array()
-                    .map(|services| {
-                        services
-                            .iter()
-                            .filter_map(|s| serde_json::from_value::<Service>(s.clone()).ok())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            })
-            .collect()
+/// Whether Fly would suspend the machine: started, and at most 2 GB.
+fn suspendable(machine: &MachineRecord) -> Result<(), PlatformError> {
+    let id = &machine.id;
+    let memory = machine.config["guest"]["memory_mb"].as_u64().unwrap_or(256);
+    if memory > SUSPEND_MAX_MEMORY_MB {
+        return Err(PlatformError::Invalid(format!(
+            "machine {id} has {memory} MB of memory; suspend needs at most {SUSPEND_MAX_MEMORY_MB} MB"
+        )));
     }
-}
-
-/// The platform as the proxy's [`Backends`]: it can start machines.
-#[derive(Debug, Clone)]
-pub struct PlatformBackends(pub Arc<Platform>);
-
-impl Backends for PlatformBackends {
-    fn machines(&self, app: &str) -> Vec<Backend> {
-        self.0.backends(app)
+    if machine.state != MachineState::Started {
+        return Err(PlatformError::Precondition(format!(
+            "machine {id} is {}, cannot suspend",
+            machine.state.as_str()
+        )));
     }
-
-    async fn start(&self, _app: &str, machine: &str) -> Result<(), String> {
-        match self.0.start(machine) {
-            Ok(_) => {}
-            // Someone else started it first: wait for it like they do.
-            Err(PlatformError::Precondition(_)) => {}
-            Err(error) => return Err(error.to_string()),
-        }
-        match self
-            .0
-            .wait(machine, MachineState::Started, Duration::from_secs(60))
-            .await
-        {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!("machine {machine} did not start within 60s")),
-            Err(error) => Err(error.to_string()),
-        }
-    }
-}
-
-fn view(machine: &MachineRecord) -> Value {
-    let image = machine.config["image"].as_str().unwrap_or_default();
-    let (repository, tag) = image
-        .split_once('/')
-        .map_or(image, |(_, rest)| rest)
-        .rsplit_once(':')
-        .unwrap_or((image, "latest"));
-    json!({
-        "id": machine.id,
-        "name": machine.name,
-        "state": machine.state.as_str(),
-        "region": machine.region,
-        "instance_id": machine.instance_id,
-        "private_ip": machine.private_ip.to_string(),
-        "config": machine.config,
-        "image_ref": {
-            "registry": image.split_once('/').map(|(registry, _)| registry).unwrap_or("registry.fly.io"),
-            "repository": repository,
-            "tag": tag,
-            "digest": "",
-        },
-        "created_at": machine.created_at,
-        "updated_at": machine.updated_at,
-        "events": [],
-    })
+    Ok(())
 }
 
 /// A config the platform can run: its image is in the registry.
@@ -1055,37 +572,6 @@ fn check_config(state: &State, config: &Value) -> Result<(), PlatformError> {
         return Err(PlatformError::Invalid(
             "invalid config.mounts, only 1 volume supported".to_owned(),
         ));
-    }
-    Ok(())
-}
-
-/// Attaches the config's volume to machine `id`; a volume attached to
-/// another live machine is refused.
-fn attach_volume(state: &mut State, config: &Value, id: &str) -> Result<(), PlatformError> {
-    let Some(volume_id) = config["mounts"][0]["volume"].as_str() else {
-        return Ok(());
-    };
-    let attached_elsewhere = {
-        let volume = state
-            .volumes
-            .get(volume_id)
-            .ok_or_else(|| PlatformError::Invalid(format!("volume {volume_id} does not exist")))?;
-        volume.attached_machine_id.as_ref().filter(|other| {
-            other.as_str() != id
-                && state
-                    .machines
-                    .get(other.as_str())
-                    .is_some_and(|m| m.state != MachineState::Destroyed)
-        })
-    }
-    .cloned();
-    if let Some(other) = attached_elsewhere {
-        return Err(PlatformError::Precondition(format!(
-            "volume {volume_id} is attached to machine {other}"
-        )));
-    }
-    if let Some(volume) = state.volumes.get_mut(volume_id) {
-        volume.attached_machine_id = Some(id.to_owned());
     }
     Ok(())
 }
@@ -1110,63 +596,9 @@ fn stop_timeout(config: &Value) -> Duration {
         .map_or(DEFAULT_KILL_TIMEOUT, Duration::from_secs)
 }
 
-fn random_hex(len: usize) -> String {
-    (0..len)
-        .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0'))
-        .collect()
-}
-
-fn new_instance_id() -> String {
-    format!("01{}", random_hex(24).to_ascii_uppercase())
-}
-
-fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn states_round_trip() {
-        for state in [
-            MachineState::Created,
-            MachineState::Started,
-            MachineState::Suspended,
-            MachineState::Destroyed,
-        ] {
-            assert_eq!(MachineState::parse(state.as_str()), Some(state));
-        }
-        assert_eq!(MachineState::parse("running"), None);
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339() {
-        let now = now_rfc3339();
-        assert_eq!(now.len(), 20, "{now}");
-        assert!(now.starts_with("20") && now.ends_with('Z'), "{now}");
-    }
 
     #[test]
     fn stop_config() {
