@@ -58,6 +58,10 @@
 //! service's `connections` concurrency counts requests. A request body is
 //! read (up to the replay limit) before the request is sent, so a client
 //! that waits for the answer before finishing a small streamed body stalls.
+//!
+//! This file is the request path in the order it runs (accept, sniff,
+//! route, forward, replay), kept whole so it reads top to bottom; choosing
+//! a machine, parsing replays and holding bodies are submodules.
 
 mod body;
 pub mod replay;
