@@ -63,13 +63,32 @@ fn spec() -> String {
          env = {{ FLY_API_BASE = \"http://_api.internal:4280\", RUNNER_ENV = \"AGENT_RUNNER_IDLE_AFTER=0;RUST_LOG=warn\", RUST_LOG = \"warn\" }}\n\n\
          [[apps]]\nfly_toml = {agents_toml}\nimage = \"agents:1\"\nenv = {{ AGENT_RUNNER_IDLE_AFTER = \"0\", RUST_LOG = \"warn\" }}\n\n\
          [[apps]]\nfly_toml = {nfsd_toml}\nimage = \"nfsd:1\"\n",
-        coordinator = toml_string(&integration::workspace_bin("fly-coordinator").display().to_string()),
+        coordinator = toml_string(
+            &integration::workspace_bin("fly-coordinator")
+                .display()
+                .to_string()
+        ),
         runner = toml_string(&runner),
         nfsd = toml_string(&nfsd),
         path = toml_string(&path),
-        coordinator_toml = toml_string(&repo_root().join("fly/coordinator/fly.toml").display().to_string()),
-        agents_toml = toml_string(&repo_root().join("fly/agent-runner/fly.toml").display().to_string()),
-        nfsd_toml = toml_string(&repo_root().join("fly/git-nfsd/fly.toml").display().to_string()),
+        coordinator_toml = toml_string(
+            &repo_root()
+                .join("fly/coordinator/fly.toml")
+                .display()
+                .to_string()
+        ),
+        agents_toml = toml_string(
+            &repo_root()
+                .join("fly/agent-runner/fly.toml")
+                .display()
+                .to_string()
+        ),
+        nfsd_toml = toml_string(
+            &repo_root()
+                .join("fly/git-nfsd/fly.toml")
+                .display()
+                .to_string()
+        ),
     )
 }
 
@@ -84,7 +103,10 @@ async fn mcp(
     let config =
         StreamableHttpClientTransportConfig::with_uri(url(&format!("/agents/{agent}/mcp")));
     ClientConfig::default()
-        .serve(StreamableHttpClientTransport::with_client(fly.http(), config))
+        .serve(StreamableHttpClientTransport::with_client(
+            fly.http(),
+            config,
+        ))
         .await
         .expect("MCP through the coordinator")
 }
@@ -262,8 +284,16 @@ async fn main() {
     let (through_proxy, proxy_read) = nfs(flycast).await.expect("flycast");
     let (direct_nfs, direct_read) = nfs(internal).await.expect("internal");
     for (what, calls, read) in [
-        ("NFS GETATTR via Flycast (proxy TCP)", &through_proxy, proxy_read),
-        ("NFS GETATTR via .internal (direct)", &direct_nfs, direct_read),
+        (
+            "NFS GETATTR via Flycast (proxy TCP)",
+            &through_proxy,
+            proxy_read,
+        ),
+        (
+            "NFS GETATTR via .internal (direct)",
+            &direct_nfs,
+            direct_read,
+        ),
     ] {
         let note = match read {
             Some((bytes, took)) => format!(

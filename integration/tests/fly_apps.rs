@@ -1,8 +1,10 @@
 //! The Fly apps as files: each fly.toml parses, has the keys the design
-//! depends on, agrees with the ports its binary listens on, and every file
-//! its Dockerfile copies exists. (The coordinator checks its own in its
-//! crate.) Also the scripts the images run: `store-sync` keeping a store
-//! current under a live git-nfsd, `write-codex-config` writing valid TOML.
+//! depends on, agrees with the ports its binary listens on, and builds its
+//! own target of the shared `fly/Dockerfile`, whose every copied file exists.
+//! (The coordinator checks its fly.toml's service in its crate.) Also the
+//! scripts the images run: `store-sync` keeping a store current under a live
+//! git-nfsd, `write-codex-config` writing valid TOML. `images.rs` builds
+//! the images and runs them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,14 +27,59 @@ fn fly_toml(app: &str) -> toml::Table {
         .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()))
 }
 
-/// Every source path of the Dockerfile's `COPY` lines (not `--from=`) exists
-/// in the build context, the repository root.
-fn assert_dockerfile_sources_exist(app: &str) {
-    let path = repo_root().join("fly").join(app).join("Dockerfile");
-    let text = std::fs::read_to_string(&path).expect("Dockerfile");
-    let text = text.replace("\\\n", " ");
+/// `fly/Dockerfile` with its continuation lines joined.
+fn dockerfile() -> String {
+    std::fs::read_to_string(repo_root().join("fly/Dockerfile"))
+        .expect("fly/Dockerfile")
+        .replace("\\\n", " ")
+}
+
+/// The stages of `fly/Dockerfile` by name: each `FROM ... AS name` and the
+/// instructions up to the next `FROM`.
+fn stages() -> Vec<(String, String)> {
+    let mut stages: Vec<(String, String)> = Vec::new();
+    for line in dockerfile().lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"FROM") {
+            let name = match words.as_slice() {
+                [_, _, as_, name] if as_.eq_ignore_ascii_case("as") => (*name).to_owned(),
+                _ => panic!("fly/Dockerfile: every stage needs a name: {line}"),
+            };
+            stages.push((name, String::new()));
+        }
+        if let Some((_, text)) = stages.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    stages
+}
+
+fn stage(name: &str) -> String {
+    stages()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("fly/Dockerfile has no stage {name}"))
+        .1
+}
+
+/// The app's fly.toml builds its own target of `fly/Dockerfile` (the path
+/// is relative to the fly.toml, as flyctl resolves it), and every source
+/// path of that stage's `COPY` lines (not `--from=`) exists in the build
+/// context, the repository root.
+fn assert_builds_its_target(app: &str) {
+    let config = fly_toml(app);
+    let dockerfile = str_at(&config, &["build", "dockerfile"]);
+    let resolved = repo_root().join("fly").join(app).join(dockerfile);
+    assert_eq!(
+        std::fs::canonicalize(&resolved).expect("the fly.toml's dockerfile exists"),
+        repo_root().join("fly/Dockerfile"),
+        "{app}/fly.toml builds {dockerfile}"
+    );
+    let target = str_at(&config, &["build", "build-target"]);
+    assert_eq!(target, app, "{app}/fly.toml's build-target");
     let mut copies = 0;
-    for line in text.lines().map(str::trim) {
+    for line in stage(target).lines().map(str::trim) {
         let Some(rest) = line.strip_prefix("COPY ") else {
             continue;
         };
@@ -44,13 +91,13 @@ fn assert_dockerfile_sources_exist(app: &str) {
             copies += 1;
             assert!(
                 repo_root().join(source).exists(),
-                "{app}/Dockerfile copies {source}, which does not exist"
+                "the {app} stage copies {source}, which does not exist"
             );
         }
     }
     assert!(
         copies > 0,
-        "{app}/Dockerfile copies nothing from the context"
+        "the {app} stage copies nothing from the context"
     );
 }
 
@@ -89,7 +136,7 @@ fn git_nfsd_app() {
     let entrypoint = std::fs::read_to_string(repo_root().join("fly/git-nfsd/entrypoint")).unwrap();
     assert!(entrypoint.contains("--listen \"${GIT_NFSD_LISTEN:-[::]:2049}\""));
     assert!(entrypoint.contains("--metrics \"${GIT_NFSD_METRICS:-[::]:9100}\""));
-    assert_dockerfile_sources_exist("git-nfsd");
+    assert_builds_its_target("git-nfsd");
 }
 
 #[test]
@@ -123,16 +170,15 @@ fn agent_runner_app() {
     // The puzzle serves itself with git-nfsd and mounts overlay worktrees:
     // the image carries both, on the PATH where the check looks.
     assert!(command.contains("--worktrees overlay"), "{command}");
-    let dockerfile =
-        std::fs::read_to_string(repo_root().join("fly/agent-runner/Dockerfile")).unwrap();
+    assert!(stage("build").contains("--bin git-nfsd"));
+    let image = stage("agent-runner");
     for needed in [
-        "--bin git-nfsd",
-        "/src/target/release/git-nfsd",
+        "/out/git-nfsd",
         "overlay-scripts/mount-worktree",
         "overlay-scripts/umount-worktree",
         "python3",
     ] {
-        assert!(dockerfile.contains(needed), "the image lacks {needed}");
+        assert!(image.contains(needed), "the image lacks {needed}");
     }
     // Fly refuses canary deploys of machines with volumes: agents' volumes
     // are the coordinator's, and the release machine has none.
@@ -142,7 +188,7 @@ fn agent_runner_app() {
     // Direct to git-nfsd's machines (the relay fails over between them):
     // Flycast would show every agent as the proxy's one address.
     assert!(str_at(&config, &["env", "WORKTREE_SERVER"]).ends_with(".internal:2049"));
-    assert_dockerfile_sources_exist("agent-runner");
+    assert_builds_its_target("agent-runner");
 }
 
 #[test]
@@ -402,12 +448,14 @@ fn the_git_nfsd_entrypoint_serves_an_empty_store_at_once_and_syncs() {
     assert!(c.mount("/broken").is_err());
 }
 
-/// Each image's build stage builds binaries that exist in the workspace
-/// (`cargo build -p PACKAGE --bin NAME`, checked against `cargo metadata`),
-/// and its last stage copies only binaries the build stage made. No Docker
-/// engine runs here; this is what can be checked of a build without one.
+/// The build stage compiles, in one `cargo build --locked`, binaries that
+/// exist in the workspace (each `--bin` in one of the `-p` packages, checked
+/// against `cargo metadata`) and puts them in /out; each app's stage copies
+/// only binaries from there; each fly.toml builds its own target of the one
+/// Dockerfile; the images' binaries are stripped. No container engine runs
+/// in this test; `images.rs` builds and runs the images.
 #[test]
-fn dockerfiles_build_and_copy_real_workspace_binaries() {
+fn the_dockerfile_builds_the_workspace_once_and_copies_real_binaries() {
     let metadata = Command::new(env!("CARGO"))
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .current_dir(repo_root())
@@ -423,50 +471,66 @@ fn dockerfiles_build_and_copy_real_workspace_binaries() {
                 })
         })
     };
+    let build = stage("build");
+    let runs: Vec<&str> = build.split("cargo build").skip(1).collect();
+    assert_eq!(runs.len(), 1, "the build stage runs cargo build once");
+    let words: Vec<&str> = runs[0]
+        .split("&&")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let values = |flag: &str| -> Vec<&str> {
+        words
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w == flag)
+            .map(|(i, _)| words[i + 1])
+            .collect()
+    };
+    let (packages, bins) = (values("-p"), values("--bin"));
+    assert!(words.contains(&"--locked"), "builds without --locked");
+    assert!(words.contains(&"--release"), "builds without --release");
+    assert!(
+        build.contains("CARGO_PROFILE_RELEASE_STRIP=symbols")
+            && build.contains("CARGO_PROFILE_RELEASE_DEBUG=0"),
+        "the images' binaries are not stripped"
+    );
+    for bin in &bins {
+        assert!(
+            packages.iter().any(|p| has_bin(p, bin)),
+            "no binary {bin} in the packages {packages:?}"
+        );
+        assert!(
+            build.contains(&format!("target/release/{bin}")),
+            "the build stage does not put {bin} in /out"
+        );
+    }
+    for (name, text) in stages().into_iter().filter(|(name, _)| name != "build") {
+        for word in text.split_whitespace() {
+            if let Some(bin) = word.strip_prefix("/out/").filter(|bin| !bin.is_empty()) {
+                assert!(
+                    bins.contains(&bin),
+                    "the {name} stage copies {bin}, which the build stage does not build"
+                );
+            }
+        }
+    }
     for app in ["git-nfsd", "agent-runner", "coordinator"] {
-        let text = std::fs::read_to_string(repo_root().join("fly").join(app).join("Dockerfile"))
-            .unwrap()
-            .replace("\\\n", " ");
-        let mut built = Vec::new();
-        for build in text.split("cargo build").skip(1) {
-            let words: Vec<&str> = build.split_whitespace().collect();
-            let after = |flag: &str| {
-                words
-                    .iter()
-                    .position(|w| *w == flag)
-                    .map(|i| words[i + 1])
-                    .unwrap_or_else(|| panic!("{app}: a cargo build without {flag}"))
-            };
-            let (package, bin) = (after("-p"), after("--bin"));
-            assert!(
-                words.contains(&"--locked"),
-                "{app}: builds without --locked"
-            );
-            assert!(
-                has_bin(package, bin),
-                "{app}: no binary {bin} in package {package}"
-            );
-            built.push(bin);
-        }
-        let copied: Vec<&str> = text
-            .split_whitespace()
-            .filter_map(|w| w.strip_prefix("/src/target/release/"))
-            .collect();
-        assert!(!copied.is_empty(), "{app} copies no binary");
-        for bin in copied {
-            assert!(
-                built.contains(&bin),
-                "{app} copies {bin}, which it does not build"
-            );
-        }
+        assert!(
+            stage(app).contains("--from=build /out/"),
+            "the {app} stage copies no binary"
+        );
+        let config = fly_toml(app);
+        assert_eq!(str_at(&config, &["build", "dockerfile"]), "../Dockerfile");
+        assert_eq!(str_at(&config, &["build", "build-target"]), app);
     }
 }
 
 /// The agent-runner image ships the codex the tests run.
 #[test]
 fn the_runner_image_ships_the_codex_version_the_tests_run() {
-    let dockerfile =
-        std::fs::read_to_string(repo_root().join("fly/agent-runner/Dockerfile")).unwrap();
+    let dockerfile = stage("codex");
     let run_tests = std::fs::read_to_string(repo_root().join("integration/run-tests")).unwrap();
     let value = |text: &str, prefix: &str| {
         text.lines()

@@ -548,7 +548,16 @@ mod tests {
             service.get("force_https").and_then(toml::Value::as_bool),
             Some(true)
         );
-        let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
-        assert!(dockerfile.contains("-p coordinator"));
+        // The image: fly.toml's [build] names the Dockerfile (relative to
+        // fly.toml, as flyctl resolves it) and its target.
+        let build = fly["build"].as_table().unwrap();
+        let dockerfile =
+            std::fs::read_to_string(dir.join(build["dockerfile"].as_str().unwrap())).unwrap();
+        assert!(dockerfile.contains("-p coordinator --bin fly-coordinator"));
+        let target = build["build-target"].as_str().unwrap();
+        assert!(
+            dockerfile.contains(&format!("AS {target}")),
+            "no stage {target}"
+        );
     }
 }
