@@ -63,9 +63,12 @@ impl GuestRun {
         self.file(&src.to_string_lossy(), dest)
     }
 
-    /// What the agent-runner image (`fly/agent-runner/Dockerfile`) has that
-    /// the base guest lacks: bash, the CA certificates (reqwest loads them
-    /// even to speak plain HTTP), `agent-runner` and `write-codex-config` in
+    /// What the agent-runner image (`fly/Dockerfile`, target
+    /// `agent-runner`) has that the base guest lacks: bash, the CA
+    /// certificates (reqwest loads them even to speak plain HTTP), Debian's
+    /// `/etc/host.conf` (`multi on`: a name on several lines of /etc/hosts
+    /// has all their addresses, not the first line's only), `agent-runner`,
+    /// `git-nfsd` (the entrypoint's relay) and `write-codex-config` in
     /// /usr/local/bin, and the overlay scripts in /opt/overlay-scripts.
     pub fn agent_runner_image(self) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -74,10 +77,12 @@ impl GuestRun {
                 "/etc/ssl/certs/ca-certificates.crt",
                 "etc/ssl/certs/ca-certificates.crt",
             )
+            .file("/etc/host.conf", "etc/host.conf")
             .program(
                 &crate::workspace_bin("agent-runner"),
                 "usr/local/bin/agent-runner",
             )
+            .program(&crate::workspace_bin("git-nfsd"), "usr/local/bin/git-nfsd")
             .file(
                 &root
                     .join("fly/agent-runner/write-codex-config")

@@ -25,6 +25,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// How long a client's connection is held before it is closed when no
+/// replica answers.
+const NO_REPLICA_PAUSE: Duration = Duration::from_secs(1);
+
 /// The privileged source ports the relay tries, highest first, as the
 /// kernel's own client does (`min_resvport`..`max_resvport`).
 const RESERVED_PORTS: std::ops::RangeInclusive<u16> = 665..=1023;
@@ -129,7 +133,11 @@ impl Relay {
     async fn serve(&self, mut client: TcpStream, peer: SocketAddr) {
         let privileged = peer.port() < 1024;
         let Some((mut upstream, address)) = self.connect(privileged).await else {
-            tracing::warn!(%peer, upstreams = ?self.upstreams, "no replica answers; closing the client's connection");
+            // The kernel reconnects at once when its connection closes:
+            // hold it a while first, or a store with no replica up turns
+            // into a busy loop of accepts and log lines.
+            tracing::warn!(%peer, upstreams = ?self.upstreams, "no replica answers; closing the client's connection in {NO_REPLICA_PAUSE:?}");
+            tokio::time::sleep(NO_REPLICA_PAUSE).await;
             return;
         };
         tracing::info!(%peer, %address, "relaying");
