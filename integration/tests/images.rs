@@ -111,10 +111,24 @@ impl Container {
 
     fn run(&self, argv: &[&str]) -> Output {
         let line = self.argv(&[], argv);
-        harness()
-            .args(&line[1..])
-            .output()
-            .expect("running buildah run")
+        let mut attempts = 0;
+        loop {
+            let output = harness()
+                .args(&line[1..])
+                .output()
+                .expect("running buildah run");
+            // buildah's chroot runtime copies itself into a sealed memfd
+            // before it runs anything, and that sealing now and then fails
+            // with EBUSY ("Close_Fd sealing memfd copy: Device or resource
+            // busy"; seen once in a CI run here): buildah's failure, before
+            // the image's program ran. Try again; anything else counts.
+            attempts += 1;
+            if attempts < 3 && text(&output).contains("sealing memfd copy") {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                continue;
+            }
+            return output;
+        }
     }
 }
 
@@ -460,7 +474,8 @@ impl Drop for Running {
 /// answers. Returns what failed.
 fn entrypoint_failures(app: &App, container: &Container) -> Vec<String> {
     let log = images_dir().join(app.name).join("entrypoint-test.log");
-    let mut running = Running::start(container, app, log);
+    let mut running = Running::start(container, app, log.clone());
+    let mut starts = 1;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let listening = running.listening();
@@ -468,6 +483,13 @@ fn entrypoint_failures(app: &App, container: &Container) -> Vec<String> {
             break;
         }
         if let Some(status) = running.exited() {
+            // buildah's own transient failure before the entrypoint ran
+            // (see Container::run): start it again.
+            if starts < 3 && running.log().contains("sealing memfd copy") {
+                starts += 1;
+                running = Running::start(container, app, log.clone());
+                continue;
+            }
             return vec![format!(
                 "the entrypoint exited ({status}) before listening on {:?}: {}",
                 app.ports,
