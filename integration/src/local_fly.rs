@@ -222,3 +222,63 @@ fn toml_escape(text: &str) -> String {
 pub fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
+
+/// An `[[images]]` block for the spec: the image `fly/images/build` made
+/// for `app` (its exported root filesystem and its OCI config), under
+/// `reference`. Builds it first if needed (the harness caches its layers,
+/// so an unchanged image costs seconds).
+pub fn built_image(app: &str, reference: &str) -> String {
+    let images = std::env::var_os("IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/images"));
+    let status = Command::new(repo_root().join("fly/images/build"))
+        .arg(app)
+        .env("IMAGES_DIR", &images)
+        .stdout(Stdio::null())
+        .status()
+        .expect("running fly/images/build");
+    assert!(status.success(), "fly/images/build {app} failed");
+    let inspected: Value = serde_json::from_slice(
+        &std::fs::read(images.join(app).join("image.json")).expect("the image's config"),
+    )
+    .expect("image.json is JSON");
+    let config: Value = match &inspected["Config"] {
+        Value::String(text) => serde_json::from_str(text).expect("the OCI config"),
+        other => other.clone(),
+    };
+    let config = &config["config"];
+    let strings = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let list = |items: Vec<String>| {
+        items
+            .iter()
+            .map(|item| toml_string(item))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let env: Vec<String> = strings(&config["Env"])
+        .into_iter()
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            Some(format!("{key} = {}", toml_string(value)))
+        })
+        .collect();
+    format!(
+        "[[images]]\nreference = {}\nroot = {}\nentrypoint = [{}]\ncmd = [{}]\nenv = {{ {} }}\nuser = {}\n\n",
+        toml_string(reference),
+        toml_string(&images.join(app).join("rootfs").display().to_string()),
+        list(strings(&config["Entrypoint"])),
+        list(strings(&config["Cmd"])),
+        env.join(", "),
+        toml_string(config["User"].as_str().unwrap_or_default()),
+    )
+}
