@@ -4,8 +4,9 @@
 //! entrypoints from `STORE_REPOS` on a fresh volume each, serving NFS on
 //! their private addresses and through Flycast; a relay in front of both
 //! carrying a client through the loss of the one it used; the coordinator
-//! image answering as its `USER`. The agent image needs a kernel NFS client
-//! to mount its worktree, which this host's kernel lacks.
+//! image answering as its `USER`; the agent-runner image as the runner
+//! app's release machine (no worktree: mounting one needs a kernel NFS
+//! client, which this host's kernel lacks).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 const TOKEN: &str = "images-api-token";
 const NFSD: &str = "lazy-worktree-nfsd";
 const COORDINATOR: &str = "lazy-worktree-coordinator";
+const AGENTS: &str = "lazy-worktree-agents";
 
 /// `git daemon` serving a folder of bare repositories on every address.
 struct GitDaemon(Child);
@@ -65,6 +67,10 @@ async fn the_images_boot_as_machines() {
         "coordinator",
         "registry.fly.io/lazy-worktree-coordinator:deployment-1",
     );
+    let agents_image = built_image(
+        "agent-runner",
+        "registry.fly.io/lazy-worktree-agents:deployment-1",
+    );
 
     // The upstream the store mirrors, served by git daemon on the host,
     // which machines reach as _api.internal (the host's private address).
@@ -94,13 +100,16 @@ async fn the_images_boot_as_machines() {
     );
 
     let spec = format!(
-        "api_token = \"{TOKEN}\"\n\n{nfsd_image}{coordinator_image}\
+        "api_token = \"{TOKEN}\"\n\n{nfsd_image}{coordinator_image}{agents_image}\
          [[apps]]\nfly_toml = {nfsd_toml}\nimage = \"registry.fly.io/lazy-worktree-nfsd:deployment-1\"\n\
          secrets = {{ STORE_REPOS = \"app=git://_api.internal:{port}/app.git\" }}\n\
          env = {{ STORE_SYNC_INTERVAL = \"0\" }}\n\n\
          [[apps]]\nfly_toml = {coordinator_toml}\nimage = \"registry.fly.io/lazy-worktree-coordinator:deployment-1\"\n\
          secrets = {{ FLY_API_TOKEN = \"{TOKEN}\", COORDINATOR_TOKEN = \"admin\" }}\n\
-         env = {{ FLY_API_BASE = \"http://_api.internal:4280\" }}\n",
+         env = {{ FLY_API_BASE = \"http://_api.internal:4280\" }}\n\n\
+         [[apps]]\nfly_toml = {agents_toml}\nimage = \"registry.fly.io/lazy-worktree-agents:deployment-1\"\n\
+         secrets = {{ AGENT_RUNNER_TOKEN = \"runner-token\" }}\n\
+         env = {{ AGENT_RUNNER_IDLE_AFTER = \"0\", CODEX_API_KEY_ENV = \"\" }}\n",
         nfsd_toml = toml_string(
             &repo_root()
                 .join("fly/git-nfsd/fly.toml")
@@ -110,6 +119,12 @@ async fn the_images_boot_as_machines() {
         coordinator_toml = toml_string(
             &repo_root()
                 .join("fly/coordinator/fly.toml")
+                .display()
+                .to_string()
+        ),
+        agents_toml = toml_string(
+            &repo_root()
+                .join("fly/agent-runner/fly.toml")
                 .display()
                 .to_string()
         ),
@@ -272,6 +287,51 @@ async fn the_images_boot_as_machines() {
             .lines()
             .any(|u| u.trim() == "nobody" || u.trim() == "65534"),
         "the coordinator does not run as nobody: {users:?}"
+    );
+
+    release_machine_runs_the_runner(&fly).await;
+}
+
+/// The runner app's release machine runs the agent-runner image's
+/// entrypoint: the runner answers on its private address through the
+/// proxy, names its machine, and keeps its token.
+async fn release_machine_runs_the_runner(fly: &LocalFly) {
+    let machines = fly.machines(AGENTS).await;
+    assert_eq!(machines.len(), 1);
+    let id = machines[0]["id"].as_str().expect("id").to_owned();
+    let http = fly.http();
+    let health: Value = http
+        .get(format!("http://{AGENTS}.flycast/healthz"))
+        .header("fly-force-instance-id", &id)
+        .send()
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(health["machine_id"], id.as_str(), "{health}");
+    let unauthenticated = http
+        .get(format!("http://{AGENTS}.flycast/live"))
+        .header("fly-force-instance-id", &id)
+        .send()
+        .await
+        .expect("live");
+    assert_eq!(
+        unauthenticated.status(),
+        401,
+        "the runner's token is required"
+    );
+    let screen = http
+        .get(format!("http://{AGENTS}.flycast/screen"))
+        .header("fly-force-instance-id", &id)
+        .bearer_auth("runner-token")
+        .send()
+        .await
+        .expect("screen");
+    assert!(
+        ![401, 403].contains(&screen.status().as_u16()),
+        "the runner refused its token or its app's Flycast name: {}",
+        screen.status()
     );
 }
 
