@@ -9,7 +9,7 @@
 //! those keys (`ESC [ 122 ; 5 u` is Ctrl+Z) and the `ESC [ 201 ~` that would
 //! end a bracketed paste early. Dropping is the first layer of the defence;
 //! the pty's termios, the agent running as its own session leader, and a
-//! watchdog that resumes a stopped agent are the others (see DESIGN.md).
+//! watchdog that resumes a stopped agent are the others (`session.rs`).
 //!
 //! Deliberate interrupts are not text: they are [`Key`]s, sent on purpose.
 
