@@ -201,7 +201,6 @@ fn agent_machine(body: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn coordinator_and_runners_across_machines() {
-    // Not under /tmp: a machine's /tmp is its own tmpfs.
     let work = tempfile::tempdir_in(integration::target_dir()).expect("tempdir");
     let fly = LocalFly::start(&spec(work.path()), API_TOKEN);
 

@@ -220,7 +220,16 @@ fn boot_script(spec: &BootSpec, layer: &Path) -> String {
         ("proc", "mount -t proc proc"),
         ("sys", "mount -t sysfs sysfs"),
         ("dev", "mount --rbind /dev"),
-        ("tmp", "mount -t tmpfs -o mode=1777 tmpfs"),
+        // A machine of the host's own files sees the host's /tmp (where
+        // a checkout and its binaries may live); an image gets a fresh one.
+        (
+            "tmp",
+            if spec.image_root == Path::new("/") {
+                "mount --rbind /tmp"
+            } else {
+                "mount -t tmpfs -o mode=1777 tmpfs"
+            },
+        ),
         ("run", "mount -t tmpfs -o mode=755 tmpfs"),
         (".fly", ""),
     ] {
