@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use integration::client::RpcClient;
 use integration::fixture;
-use integration::local_fly::{LocalFly, repo_root, toml_string};
+use integration::local_fly::{LocalFly, fly_toml, toml_string};
 use integration::report::{Table, median, percentile};
 use integration::runner::repl_agent;
 use reqwest::Method;
@@ -71,24 +71,9 @@ fn spec() -> String {
         runner = toml_string(&runner),
         nfsd = toml_string(&nfsd),
         path = toml_string(&path),
-        coordinator_toml = toml_string(
-            &repo_root()
-                .join("fly/coordinator/fly.toml")
-                .display()
-                .to_string()
-        ),
-        agents_toml = toml_string(
-            &repo_root()
-                .join("fly/agent-runner/fly.toml")
-                .display()
-                .to_string()
-        ),
-        nfsd_toml = toml_string(
-            &repo_root()
-                .join("fly/git-nfsd/fly.toml")
-                .display()
-                .to_string()
-        ),
+        coordinator_toml = fly_toml("coordinator"),
+        agents_toml = fly_toml("agent-runner"),
+        nfsd_toml = fly_toml("git-nfsd"),
     )
 }
 

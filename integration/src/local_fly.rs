@@ -218,6 +218,19 @@ fn toml_escape(text: &str) -> String {
     out
 }
 
+/// An app's `fly.toml` in this repository (`fly/APP/fly.toml`), as a TOML
+/// string for a spec's `fly_toml`.
+pub fn fly_toml(app: &str) -> String {
+    toml_string(
+        &repo_root()
+            .join("fly")
+            .join(app)
+            .join("fly.toml")
+            .display()
+            .to_string(),
+    )
+}
+
 /// The repository's root folder.
 pub fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use integration::local_fly::{LocalFly, repo_root, toml_string};
+use integration::local_fly::{LocalFly, fly_toml, toml_string};
 use integration::runner::repl_agent;
 use reqwest::Method;
 use rmcp::ServiceExt as _;
@@ -101,18 +101,8 @@ fn spec(dir: &Path) -> String {
         v1 = agent_image("deployment-1", &passes),
         v2 = agent_image("deployment-2-broken", &fails),
         v3 = agent_image("deployment-3", &passes),
-        coordinator_toml = toml_string(
-            &repo_root()
-                .join("fly/coordinator/fly.toml")
-                .display()
-                .to_string()
-        ),
-        agents_toml = toml_string(
-            &repo_root()
-                .join("fly/agent-runner/fly.toml")
-                .display()
-                .to_string()
-        ),
+        coordinator_toml = fly_toml("coordinator"),
+        agents_toml = fly_toml("agent-runner"),
         runner_env = toml_string(runner_env),
     )
 }

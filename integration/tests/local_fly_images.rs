@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use integration::client::RpcClient;
 use integration::fixture::{self, git};
-use integration::local_fly::{LocalFly, built_image, repo_root, toml_string};
+use integration::local_fly::{LocalFly, built_image, fly_toml};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -110,24 +110,9 @@ async fn the_images_boot_as_machines() {
          [[apps]]\nfly_toml = {agents_toml}\nimage = \"registry.fly.io/lazy-worktree-agents:deployment-1\"\n\
          secrets = {{ AGENT_RUNNER_TOKEN = \"runner-token\" }}\n\
          env = {{ AGENT_RUNNER_IDLE_AFTER = \"0\", CODEX_API_KEY_ENV = \"\" }}\n",
-        nfsd_toml = toml_string(
-            &repo_root()
-                .join("fly/git-nfsd/fly.toml")
-                .display()
-                .to_string()
-        ),
-        coordinator_toml = toml_string(
-            &repo_root()
-                .join("fly/coordinator/fly.toml")
-                .display()
-                .to_string()
-        ),
-        agents_toml = toml_string(
-            &repo_root()
-                .join("fly/agent-runner/fly.toml")
-                .display()
-                .to_string()
-        ),
+        nfsd_toml = fly_toml("git-nfsd"),
+        coordinator_toml = fly_toml("coordinator"),
+        agents_toml = fly_toml("agent-runner"),
     );
     let fly = LocalFly::start(&spec, TOKEN);
 
